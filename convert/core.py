@@ -1,0 +1,195 @@
+"""The generic torch -> Flax mapping: renames plus transposes, checked against the model.
+
+A torch key ``layer1.0.downsample.1.running_var`` becomes the Flax variable
+``batch_stats/layer1_0/downsample_1/var``: a module index joins its parent's name
+with ``_`` (Flax submodules are named that way on purpose), and the leaf is
+renamed by what the Flax module holds at that path (``kernel``/``scale``/...).
+Families whose torch names differ from that rule register :class:`Rules` (regex
+renames and per-variable transforms) in their ``convert/<family>.py``.
+
+Every torch key must land on a Flax variable of the right shape and every Flax
+variable must be filled: a :class:`ConversionReport` lists what does not fit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from .errors import ConversionError
+
+__all__ = [
+    "ConversionReport",
+    "Rules",
+    "convert_state_dict",
+    "get_rules",
+    "register_rules",
+    "torch_key_to_flax",
+    "variable_shapes",
+]
+
+FlaxPath = tuple[str, ...]  # (collection, *module path, leaf)
+
+_BN_LEAVES = {"running_mean": "mean", "running_var": "var"}
+_DROPPED = ("num_batches_tracked",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rules:
+    """Family-specific conversion rules, applied before the generic mapping.
+
+    Attributes:
+        renames: ``(regex, replacement)`` pairs applied in order to each torch key
+            (``re.sub``), e.g. ``(r"^features\\.", "backbone.")``.
+        ignore: regexes of torch keys that have no Flax counterpart by design
+            (e.g. buffers that the Flax model computes on the fly).
+        transforms: ``(regex on the '/'-joined Flax path, fn)`` pairs; ``fn`` maps the
+            torch array to the Flax layout, replacing the default transpose.
+    """
+
+    renames: Sequence[tuple[str, str]] = ()
+    ignore: Sequence[str] = ()
+    transforms: Sequence[tuple[str, Callable[[np.ndarray], np.ndarray]]] = ()
+
+
+_RULES: dict[tuple[str, str | None], Rules] = {}
+
+
+def register_rules(family: str, rules: Rules, *, source: str | None = None) -> None:
+    """Register the rules of a family (for every source, or one ``source``)."""
+    key = (family, source)
+    if key in _RULES:
+        raise ValueError(f"conversion rules for {key} are already registered")
+    _RULES[key] = rules
+
+
+def get_rules(family: str | None, source: str | None = None) -> Rules:
+    """The rules for ``family`` and ``source`` (source-specific first), else none."""
+    return _RULES.get((family, source)) or _RULES.get((family, None)) or Rules()
+
+
+@dataclasses.dataclass
+class ConversionReport:
+    """What did and did not fit. Paths are ``collection/module/.../leaf``."""
+
+    missing: list[str] = dataclasses.field(default_factory=list)
+    unexpected: list[str] = dataclasses.field(default_factory=list)
+    mismatched: list[str] = dataclasses.field(default_factory=list)
+    mapping: dict[str, FlaxPath] = dataclasses.field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def __str__(self) -> str:
+        if self.ok:
+            return f"all {len(self.mapping)} tensors converted"
+        parts = []
+        for title, items in (
+            ("missing (Flax variables no torch key fills)", self.missing),
+            ("unexpected (torch keys with no Flax variable)", self.unexpected),
+            ("shape mismatch", self.mismatched),
+        ):
+            shown = "\n    ".join(items[:25]) + (f"\n    ... and {len(items) - 25} more" if len(items) > 25 else "")
+            parts.append(f"  {title}: {len(items)}" + (f"\n    {shown}" if items else ""))
+        return "weights do not fit the model:\n" + "\n".join(parts)
+
+
+def variable_shapes(module: Any, input_shape: Sequence[int]) -> dict[FlaxPath, jax.ShapeDtypeStruct]:
+    """Flattened ``{(collection, *path): ShapeDtypeStruct}`` of ``module``, without computing."""
+    shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros(input_shape, jnp.float32))
+    return traverse_util.flatten_dict(dict(shapes))
+
+
+def torch_key_to_flax(key: str) -> tuple[str, FlaxPath, str]:
+    """``'layer1.0.bn1.running_var'`` -> ``('batch_stats', ('layer1_0', 'bn1'), 'var')``.
+
+    The returned leaf for a ``weight`` is provisional: the Flax module at that path
+    decides between ``kernel`` (conv/linear) and ``scale`` (norm layers).
+    """
+    *mods, leaf = key.split(".")
+    path: list[str] = []
+    for seg in mods:
+        if seg.isdigit() and path:
+            path[-1] = f"{path[-1]}_{seg}"
+        else:
+            path.append(seg)
+    if leaf in _BN_LEAVES:
+        return "batch_stats", tuple(path), _BN_LEAVES[leaf]
+    return "params", tuple(path), leaf
+
+
+def _default_transform(leaf: str, a: np.ndarray) -> np.ndarray:
+    if leaf != "kernel":
+        return a
+    if a.ndim == 4:  # conv OIHW -> HWIO
+        return a.transpose(2, 3, 1, 0)
+    if a.ndim == 3:  # conv1d OIW -> WIO
+        return a.transpose(2, 1, 0)
+    if a.ndim == 2:  # linear (out, in) -> (in, out)
+        return a.T
+    return a
+
+
+def convert_state_dict(
+    state_dict: Mapping[str, np.ndarray],
+    shapes: Mapping[FlaxPath, jax.ShapeDtypeStruct],
+    rules: Rules = Rules(),
+    *,
+    strict: bool = True,
+) -> tuple[dict[str, Any], ConversionReport]:
+    """Map a numpy state dict onto the variable ``shapes`` of a Flax module.
+
+    Returns ``(variables, report)``; with ``strict`` any missing, unexpected or
+    mis-shaped tensor raises :class:`ConversionError` listing all three groups.
+    Without it, the variables hold what did convert (callers fill the rest).
+    """
+    report = ConversionReport()
+    leaves_at: dict[tuple[str, FlaxPath], set[str]] = {}
+    for coll, *path, leaf in shapes:
+        leaves_at.setdefault((coll, tuple(path)), set()).add(leaf)
+
+    flat: dict[FlaxPath, jax.Array] = {}
+    for key in sorted(state_dict):
+        if key.rsplit(".", 1)[-1] in _DROPPED or any(re.search(p, key) for p in rules.ignore):
+            continue
+        renamed = key
+        for pat, rep in rules.renames:
+            renamed = re.sub(pat, rep, renamed)
+        coll, path, leaf = torch_key_to_flax(renamed)
+        have = leaves_at.get((coll, path), set())
+        if leaf == "weight":
+            leaf = next((c for c in ("kernel", "scale", "embedding") if c in have), "kernel")
+        target = (coll, *path, leaf)
+        report.mapping[key] = target
+        joined = "/".join(target)
+        if target not in shapes:
+            report.unexpected.append(f"{key} (-> {joined})")
+            continue
+        arr = np.asarray(state_dict[key])
+        fn = next((f for p, f in rules.transforms if re.search(p, joined)), None)
+        arr = fn(arr) if fn is not None else _default_transform(leaf, arr)
+        want = shapes[target]
+        if tuple(arr.shape) != tuple(want.shape):
+            report.mismatched.append(
+                f"{key} -> {joined}: weights {tuple(arr.shape)}, model {tuple(want.shape)}"
+            )
+            continue
+        flat[target] = jnp.array(arr, dtype=want.dtype)  # a copy: never alias torch memory
+
+    report.missing = sorted("/".join(p) for p in shapes if p not in flat and p not in _mismatched_targets(report))
+    if strict and not report.ok:
+        raise ConversionError(str(report), report)
+    return traverse_util.unflatten_dict(flat), report
+
+
+def _mismatched_targets(report: ConversionReport) -> set[FlaxPath]:
+    bad = {m.split(" -> ", 1)[0] for m in report.mismatched}
+    return {report.mapping[k] for k in bad}

@@ -1,0 +1,33 @@
+"""flaxcnn: classic convolutional networks in JAX/Flax, equivalent to torchvision and timm.
+
+>>> import flaxcnn
+>>> model = flaxcnn.models.ResNet50()             # or flaxcnn.create_model("resnet50")
+>>> flaxcnn.list_models("resnet*")
+
+Weight conversion lives in :mod:`flaxcnn.convert` (needs the ``[convert]`` extra);
+importing :mod:`flaxcnn` never imports torch.
+"""
+
+from . import layers, models
+from ._registry import (
+    ModelSpec,
+    create_model,
+    find_by_source,
+    get_model_spec,
+    list_models,
+    register_model,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ModelSpec",
+    "__version__",
+    "create_model",
+    "find_by_source",
+    "get_model_spec",
+    "layers",
+    "list_models",
+    "models",
+    "register_model",
+]

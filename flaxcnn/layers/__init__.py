@@ -1,0 +1,42 @@
+"""Building blocks shared by every flaxcnn family, each matching its torch counterpart."""
+
+from .activations import ACTIVATIONS, get_act, hard_sigmoid, hard_swish, relu6
+from .checks import check_image_input
+from .conv import Conv2d, kaiming_normal_fan_out
+from .drop import DropPath, Dropout2d
+from .norm import BatchNorm2d
+from .padding import Padding, conv_padding, pair, pool_output_size
+from .pooling import (
+    adaptive_avg_pool2d,
+    adaptive_max_pool2d,
+    avg_pool2d,
+    global_avg_pool,
+    global_max_pool,
+    max_pool2d,
+)
+from .se import SqueezeExcite
+
+__all__ = [
+    "ACTIVATIONS",
+    "BatchNorm2d",
+    "Conv2d",
+    "DropPath",
+    "Dropout2d",
+    "Padding",
+    "SqueezeExcite",
+    "adaptive_avg_pool2d",
+    "adaptive_max_pool2d",
+    "avg_pool2d",
+    "check_image_input",
+    "conv_padding",
+    "get_act",
+    "global_avg_pool",
+    "global_max_pool",
+    "hard_sigmoid",
+    "hard_swish",
+    "kaiming_normal_fan_out",
+    "max_pool2d",
+    "pair",
+    "pool_output_size",
+    "relu6",
+]

@@ -1,0 +1,63 @@
+"""Padding arithmetic shared by convolutions and pools.
+
+PyTorch pads symmetrically by a fixed amount; TensorFlow's ``'SAME'`` pads
+asymmetrically (the extra pixel goes bottom/right) by an amount that depends on
+the input size. Weights trained with one padding are wrong with the other, so
+every layer here takes the padding explicitly and models that load TF-ported
+weights say so in their name (as timm's ``tf_`` prefix does).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+Padding = int | tuple[int, int] | str
+
+__all__ = ["Padding", "conv_padding", "pair", "pool_output_size"]
+
+
+def pair(v: int | Sequence[int]) -> tuple[int, int]:
+    """``3 -> (3, 3)``; a pair is returned as a tuple."""
+    if isinstance(v, int):
+        return (v, v)
+    v = tuple(v)
+    if len(v) != 2 or not all(isinstance(i, int) for i in v):
+        raise ValueError(f"expected an int or a pair of ints, got {v!r}")
+    return v  # type: ignore[return-value]
+
+
+def conv_padding(padding: Padding) -> str | tuple[tuple[int, int], tuple[int, int]]:
+    """Translate a torch-style padding spec into the form ``lax.conv`` takes.
+
+    ``int`` or ``(ph, pw)`` pad symmetrically, as ``torch.nn.Conv2d`` does.
+    ``'same'`` is TensorFlow's dynamic 'SAME' (asymmetric when the total is odd),
+    for TF-ported weights; ``'valid'`` means no padding.
+    """
+    if isinstance(padding, str):
+        p = padding.lower()
+        if p not in ("same", "valid"):
+            raise ValueError(f"padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
+        return p.upper()
+    ph, pw = pair(padding)
+    return ((ph, ph), (pw, pw))
+
+
+def pool_output_size(
+    size: int, kernel: int, stride: int, padding: int, dilation: int = 1, ceil_mode: bool = False
+) -> int:
+    """Output length of a torch pooling window along one axis (``ceil_mode`` included).
+
+    With ``ceil_mode`` torch drops a last window that would start in the right
+    padding only, never one that starts inside the input or the left padding.
+    """
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    if span < 0:
+        raise ValueError(
+            f"pooling window (kernel {kernel}, dilation {dilation}) is larger than the "
+            f"padded input ({size} + 2*{padding})"
+        )
+    out = (math.ceil(span / stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out

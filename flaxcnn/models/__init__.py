@@ -1,0 +1,37 @@
+"""Model families. Importing a family module registers its variants.
+
+``flaxcnn.models.ResNet50(num_classes=10)`` builds a module; ``flaxcnn.create_model``
+does the same by name.
+"""
+
+from .resnet import (
+    BasicBlock,
+    Bottleneck,
+    ResNet,
+    ResNet18,
+    ResNet34,
+    ResNet50,
+    ResNet101,
+    ResNet152,
+    ResNeXt50_32x4d,
+    ResNeXt101_32x8d,
+    ResNeXt101_64x4d,
+    WideResNet50_2,
+    WideResNet101_2,
+)
+
+__all__ = [
+    "BasicBlock",
+    "Bottleneck",
+    "ResNeXt50_32x4d",
+    "ResNeXt101_32x8d",
+    "ResNeXt101_64x4d",
+    "ResNet",
+    "ResNet18",
+    "ResNet34",
+    "ResNet50",
+    "ResNet101",
+    "ResNet152",
+    "WideResNet50_2",
+    "WideResNet101_2",
+]

@@ -1,0 +1,271 @@
+"""ResNet, ResNeXt and Wide ResNet.
+
+* ResNet: He et al., "Deep Residual Learning for Image Recognition", CVPR 2016
+  (arXiv:1512.03385). torchvision's "v1.5": in the bottleneck the stride sits on
+  the 3x3 conv, not the first 1x1.
+* ResNeXt: Xie et al., "Aggregated Residual Transformations for Deep Neural
+  Networks", CVPR 2017 (arXiv:1611.05431): grouped 3x3 convs ("cardinality").
+* Wide ResNet: Zagoruyko & Komodakis, "Wide Residual Networks", BMVC 2016
+  (arXiv:1605.07146), in torchvision's form: bottleneck width doubled.
+
+One :class:`ResNet` class; every variant is a row of data (block type, stage sizes,
+groups, width per group). Submodule names mirror torchvision's module tree
+(``conv1``, ``bn1``, ``layer1_0/conv1``, ``layer1_0/downsample_0``, ``fc``), which
+is the whole weight-conversion spec.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from .._registry import register_model
+from ..layers import BatchNorm2d, Conv2d, DropPath, check_image_input, global_avg_pool, max_pool2d
+
+__all__ = ["BasicBlock", "Bottleneck", "ResNet"]
+
+ModuleDef = Callable[..., nn.Module]
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs and an identity (or 1x1 projection) shortcut (ResNet-18/34)."""
+
+    planes: int
+    conv: ModuleDef
+    norm: ModuleDef
+    stride: int = 1
+    downsample: bool = False
+    groups: int = 1
+    base_width: int = 64
+    dilation: int = 1
+    first_dilation: int = 1
+    zero_init_last: bool = False
+    drop_path: float = 0.0
+
+    expansion: ClassVar[int] = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        if self.groups != 1 or self.base_width != 64:
+            raise ValueError("BasicBlock only supports groups=1 and width_per_group=64")
+        if self.dilation > 1:
+            raise ValueError("BasicBlock does not support dilation > 1 (as in torchvision)")
+        last_norm = partial(self.norm, scale_init=nn.initializers.zeros) if self.zero_init_last else self.norm
+        out = self.conv(self.planes, 3, self.stride, padding=1, name="conv1")(x)
+        out = nn.relu(self.norm(name="bn1")(out, train=train))
+        out = self.conv(self.planes, 3, padding=1, name="conv2")(out)
+        out = last_norm(name="bn2")(out, train=train)
+        out = DropPath(self.drop_path, name="drop_path")(out, train=train)
+        return nn.relu(out + _shortcut(self, x, self.planes, train))
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (strided, grouped, dilated), 1x1 expand x4 (ResNet-50 and deeper).
+
+    The stride is on the 3x3 conv (torchvision's ResNet v1.5), and its width is
+    ``int(planes * base_width / 64) * groups``, which gives ResNeXt and Wide ResNet.
+    """
+
+    planes: int
+    conv: ModuleDef
+    norm: ModuleDef
+    stride: int = 1
+    downsample: bool = False
+    groups: int = 1
+    base_width: int = 64
+    dilation: int = 1
+    first_dilation: int = 1
+    zero_init_last: bool = False
+    drop_path: float = 0.0
+
+    expansion: ClassVar[int] = 4
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        width = int(self.planes * (self.base_width / 64.0)) * self.groups
+        out_ch = self.planes * self.expansion
+        last_norm = partial(self.norm, scale_init=nn.initializers.zeros) if self.zero_init_last else self.norm
+        out = self.conv(width, 1, name="conv1")(x)
+        out = nn.relu(self.norm(name="bn1")(out, train=train))
+        out = self.conv(
+            width,
+            3,
+            self.stride,
+            padding=self.first_dilation,
+            dilation=self.first_dilation,
+            groups=self.groups,
+            name="conv2",
+        )(out)
+        out = nn.relu(self.norm(name="bn2")(out, train=train))
+        out = self.conv(out_ch, 1, name="conv3")(out)
+        out = last_norm(name="bn3")(out, train=train)
+        out = DropPath(self.drop_path, name="drop_path")(out, train=train)
+        return nn.relu(out + _shortcut(self, x, out_ch, train))
+
+
+def _shortcut(block: BasicBlock | Bottleneck, x: jax.Array, out_ch: int, train: bool) -> jax.Array:
+    """Identity, or torchvision's ``downsample`` = Sequential(conv1x1 (strided), BN)."""
+    if not block.downsample:
+        return x
+    sc = block.conv(out_ch, 1, block.stride, name="downsample_0")(x)
+    return block.norm(name="downsample_1")(sc, train=train)
+
+
+BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {
+    "basic": BasicBlock,
+    "bottleneck": Bottleneck,
+}
+
+
+class ResNet(nn.Module):
+    """ResNet / ResNeXt / Wide ResNet, torchvision's architecture in NHWC.
+
+    Attributes:
+        stage_sizes: blocks per stage (``(3, 4, 6, 3)`` for ResNet-50).
+        block: ``'basic'`` or ``'bottleneck'``.
+        num_classes: classifier outputs; ``0`` returns the pooled features instead.
+        in_chans: input channels.
+        groups, width_per_group: ResNeXt cardinality and width (``32, 4`` for 32x4d).
+        replace_stride_with_dilation: per stage 2-4, dilate instead of striding
+            (output stride 16 or 8, as torchvision's segmentation backbones).
+        zero_init_residual: initialise the last BN scale of every block to zero
+            (Goyal et al., 2017), as torchvision's flag of the same name.
+        drop_rate: dropout before the classifier.
+        drop_path_rate: stochastic depth, increasing linearly to this rate over blocks.
+        features_only: return the feature maps ``[stem, layer1, ..., layer4]`` selected by
+            ``out_indices`` (strides 2, 4, 8, 16, 32) instead of logits; no ``fc``.
+        bn_eps, bn_momentum: BatchNorm settings (torch's defaults).
+        dtype: computation dtype (``jnp.bfloat16`` for mixed precision); ``param_dtype``
+            the parameters' dtype. BN statistics stay float32.
+    """
+
+    stage_sizes: Sequence[int]
+    block: str = "bottleneck"
+    num_classes: int = 1000
+    in_chans: int = 3
+    groups: int = 1
+    width_per_group: int = 64
+    replace_stride_with_dilation: Sequence[bool] = (False, False, False)
+    zero_init_residual: bool = False
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    features_only: bool = False
+    out_indices: Sequence[int] = (0, 1, 2, 3, 4)
+    bn_eps: float = 1e-5
+    bn_momentum: float = 0.1
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    def feature_info(self) -> list[dict[str, Any]]:
+        """Channels and stride of each feature map ``features_only`` can return."""
+        exp = BLOCKS[self.block].expansion
+        chans = [64] + [64 * 2**i * exp for i in range(len(self.stage_sizes))]
+        mods = ["act1"] + [f"layer{i + 1}" for i in range(len(self.stage_sizes))]
+        info = [dict(num_chs=c, reduction=2 ** min(i + 1, 5), module=m) for i, (c, m) in enumerate(zip(chans, mods, strict=True))]
+        return [info[i] for i in self.out_indices]
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array | list[jax.Array]:
+        if self.block not in BLOCKS:
+            raise ValueError(f"block must be one of {sorted(BLOCKS)}, got {self.block!r}")
+        if len(self.replace_stride_with_dilation) != 3:
+            raise ValueError(
+                "replace_stride_with_dilation should be None or a 3-element tuple, "
+                f"got {self.replace_stride_with_dilation!r}"
+            )
+        check_image_input(x, self.in_chans, type(self).__name__)
+        block_cls = BLOCKS[self.block]
+        conv = partial(Conv2d, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
+        norm = partial(
+            BatchNorm2d,
+            eps=self.bn_eps,
+            momentum=self.bn_momentum,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
+
+        x = conv(64, 7, 2, padding=3, name="conv1")(x)
+        x = nn.relu(norm(name="bn1")(x, train=train))
+        feats = [x]
+        x = max_pool2d(x, 3, 2, padding=1)
+
+        total = sum(self.stage_sizes)
+        in_ch, dilation, idx = 64, 1, 0
+        for i, n_blocks in enumerate(self.stage_sizes):
+            planes = 64 * 2**i
+            stride = 1 if i == 0 else 2
+            prev_dilation = dilation
+            if i > 0 and self.replace_stride_with_dilation[i - 1]:
+                dilation *= stride
+                stride = 1
+            for j in range(n_blocks):
+                x = block_cls(
+                    planes,
+                    conv=conv,
+                    norm=norm,
+                    stride=stride if j == 0 else 1,
+                    downsample=j == 0 and (stride != 1 or in_ch != planes * block_cls.expansion),
+                    groups=self.groups,
+                    base_width=self.width_per_group,
+                    dilation=dilation,
+                    first_dilation=prev_dilation if j == 0 else dilation,
+                    zero_init_last=self.zero_init_residual,
+                    drop_path=self.drop_path_rate * idx / max(total - 1, 1),
+                    name=f"layer{i + 1}_{j}",
+                )(x, train=train)
+                in_ch = planes * block_cls.expansion
+                idx += 1
+            feats.append(x)
+
+        if self.features_only:
+            return [feats[i] for i in self.out_indices]
+        x = global_avg_pool(x)
+        if self.num_classes == 0:
+            return x
+        x = nn.Dropout(self.drop_rate, deterministic=not train or self.drop_rate == 0.0)(x)
+        return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(x)
+
+
+_TV_PAPER = {
+    "resnet": "He et al., Deep Residual Learning for Image Recognition, CVPR 2016",
+    "resnext": "Xie et al., Aggregated Residual Transformations for Deep Neural Networks, CVPR 2017",
+    "wide": "Zagoruyko & Komodakis, Wide Residual Networks, BMVC 2016",
+}
+
+
+def _variant(name: str, camel: str, paper: str, **config: Any) -> Callable[..., nn.Module]:
+    # timm registers the same architectures under the same names.
+    return register_model(
+        name,
+        ResNet,
+        family="resnet",
+        camel=camel,
+        sources={"torchvision": name, "timm": name},
+        paper=_TV_PAPER[paper],
+        **config,
+    )
+
+
+ResNet18 = _variant("resnet18", "ResNet18", "resnet", stage_sizes=(2, 2, 2, 2), block="basic")
+ResNet34 = _variant("resnet34", "ResNet34", "resnet", stage_sizes=(3, 4, 6, 3), block="basic")
+ResNet50 = _variant("resnet50", "ResNet50", "resnet", stage_sizes=(3, 4, 6, 3))
+ResNet101 = _variant("resnet101", "ResNet101", "resnet", stage_sizes=(3, 4, 23, 3))
+ResNet152 = _variant("resnet152", "ResNet152", "resnet", stage_sizes=(3, 8, 36, 3))
+ResNeXt50_32x4d = _variant(
+    "resnext50_32x4d", "ResNeXt50_32x4d", "resnext", stage_sizes=(3, 4, 6, 3), groups=32, width_per_group=4
+)
+ResNeXt101_32x8d = _variant(
+    "resnext101_32x8d", "ResNeXt101_32x8d", "resnext", stage_sizes=(3, 4, 23, 3), groups=32, width_per_group=8
+)
+ResNeXt101_64x4d = _variant(
+    "resnext101_64x4d", "ResNeXt101_64x4d", "resnext", stage_sizes=(3, 4, 23, 3), groups=64, width_per_group=4
+)
+WideResNet50_2 = _variant("wide_resnet50_2", "WideResNet50_2", "wide", stage_sizes=(3, 4, 6, 3), width_per_group=128)
+WideResNet101_2 = _variant(
+    "wide_resnet101_2", "WideResNet101_2", "wide", stage_sizes=(3, 4, 23, 3), width_per_group=128
+)
