@@ -116,6 +116,7 @@ def _shortcut(block: BasicBlock | Bottleneck, x: jax.Array, out_ch: int, train: 
     return block.norm(name="downsample_1")(sc, train=train)
 
 
+STEMS = ("", "cifar")
 BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {
     "basic": BasicBlock,
     "bottleneck": Bottleneck,
@@ -130,6 +131,8 @@ class ResNet(nn.Module):
         block: ``'basic'`` or ``'bottleneck'``.
         num_classes: classifier outputs; ``0`` returns the pooled features instead.
         in_chans: input channels.
+        stem_type: ``''`` torchvision's 7x7/2 conv + 3x3/2 max pool; ``'cifar'`` a 3x3/1 conv
+            and no pool, for small images (CIFAR, digits), as in He et al. section 4.2.
         groups, width_per_group: ResNeXt cardinality and width (``32, 4`` for 32x4d).
         replace_stride_with_dilation: per stage 2-4, dilate instead of striding
             (output stride 16 or 8, as torchvision's segmentation backbones).
@@ -148,6 +151,7 @@ class ResNet(nn.Module):
     block: str = "bottleneck"
     num_classes: int = 1000
     in_chans: int = 3
+    stem_type: str = ""
     groups: int = 1
     width_per_group: int = 64
     replace_stride_with_dilation: Sequence[bool] = (False, False, False)
@@ -166,7 +170,14 @@ class ResNet(nn.Module):
         exp = BLOCKS[self.block].expansion
         chans = [64] + [64 * 2**i * exp for i in range(len(self.stage_sizes))]
         mods = ["act1"] + [f"layer{i + 1}" for i in range(len(self.stage_sizes))]
-        info = [dict(num_chs=c, reduction=2 ** min(i + 1, 5), module=m) for i, (c, m) in enumerate(zip(chans, mods, strict=True))]
+        cifar = self.stem_type == "cifar"
+        red = [1 if cifar else 2]
+        r = 1 if cifar else 4  # after the stem's max pool
+        for i in range(len(self.stage_sizes)):
+            if i > 0 and not self.replace_stride_with_dilation[i - 1]:
+                r *= 2
+            red.append(r)
+        info = [dict(num_chs=c, reduction=r, module=m) for c, r, m in zip(chans, red, mods, strict=True)]
         return [info[i] for i in self.out_indices]
 
     @nn.compact
@@ -189,10 +200,14 @@ class ResNet(nn.Module):
             param_dtype=self.param_dtype,
         )
 
-        x = conv(64, 7, 2, padding=3, name="conv1")(x)
+        if self.stem_type not in STEMS:
+            raise ValueError(f"stem_type must be one of {STEMS}, got {self.stem_type!r}")
+        cifar = self.stem_type == "cifar"
+        x = conv(64, 3 if cifar else 7, 1 if cifar else 2, padding=1 if cifar else 3, name="conv1")(x)
         x = nn.relu(norm(name="bn1")(x, train=train))
         feats = [x]
-        x = max_pool2d(x, 3, 2, padding=1)
+        if not cifar:
+            x = max_pool2d(x, 3, 2, padding=1)
 
         total = sum(self.stage_sizes)
         in_ch, dilation, idx = 64, 1, 0
