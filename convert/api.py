@@ -122,7 +122,9 @@ def from_torch(
     module = spec.build(**cfg)
     shape = _input_shape(module, spec)
     shapes = variable_shapes(module, shape)
-    variables, report = convert_state_dict(sd, shapes, get_rules(spec.family, source), strict=strict)
+    variables, report = convert_state_dict(
+        sd, shapes, get_rules(spec.family, source), strict=strict
+    )
     if strict:
         return module, variables
     if report.missing or report.mismatched:

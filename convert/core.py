@@ -97,12 +97,16 @@ class ConversionReport:
             ("unexpected (torch keys with no Flax variable)", self.unexpected),
             ("shape mismatch", self.mismatched),
         ):
-            shown = "\n    ".join(items[:25]) + (f"\n    ... and {len(items) - 25} more" if len(items) > 25 else "")
+            shown = "\n    ".join(items[:25]) + (
+                f"\n    ... and {len(items) - 25} more" if len(items) > 25 else ""
+            )
             parts.append(f"  {title}: {len(items)}" + (f"\n    {shown}" if items else ""))
         return "weights do not fit the model:\n" + "\n".join(parts)
 
 
-def variable_shapes(module: Any, input_shape: Sequence[int]) -> dict[FlaxPath, jax.ShapeDtypeStruct]:
+def variable_shapes(
+    module: Any, input_shape: Sequence[int]
+) -> dict[FlaxPath, jax.ShapeDtypeStruct]:
     """Flattened ``{(collection, *path): ShapeDtypeStruct}`` of ``module``, without computing."""
     shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros(input_shape, jnp.float32))
     return traverse_util.flatten_dict(dict(shapes))
@@ -184,7 +188,9 @@ def convert_state_dict(
             continue
         flat[target] = jnp.array(arr, dtype=want.dtype)  # a copy: never alias torch memory
 
-    report.missing = sorted("/".join(p) for p in shapes if p not in flat and p not in _mismatched_targets(report))
+    report.missing = sorted(
+        "/".join(p) for p in shapes if p not in flat and p not in _mismatched_targets(report)
+    )
     if strict and not report.ok:
         raise ConversionError(str(report), report)
     return traverse_util.unflatten_dict(flat), report

@@ -98,7 +98,8 @@ class VerifyResult:
     def __str__(self) -> str:
         head = (
             f"{self.source}:{self.name} -> flaxcnn {self.flax_name}: params torch {self.torch_params:,} "
-            f"flax {self.flax_params:,}" + ("" if self.torch_params == self.flax_params else "  FAIL")
+            f"flax {self.flax_params:,}"
+            + ("" if self.torch_params == self.flax_params else "  FAIL")
         )
         return "\n".join([head, *("  " + str(c) for c in self.checks)])
 
@@ -168,8 +169,13 @@ def verify(
     rtol: float = 1e-4,
     stats_rtol: float = 1e-5,
     torch_kwargs: dict[str, Any] | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> VerifyResult:
-    """Compare the torch model ``name`` from ``source`` with its conversion (see module doc)."""
+    """Compare the torch model ``name`` from ``source`` with its conversion (see module doc).
+
+    ``torch_kwargs`` go to the torch constructor and ``overrides`` to the flaxcnn module,
+    for options both libraries have (e.g. dilated ResNets).
+    """
     import torch
 
     spec = find_by_source(source, name)
@@ -183,7 +189,7 @@ def verify(
 
     # Stochastic regularisers off, so train mode is deterministic on both sides.
     no_drop = {f: 0.0 for f in ("drop_rate", "drop_path_rate") if f in spec.fields}
-    module, variables = from_torch(name, tmodel, source=source, **no_drop)
+    module, variables = from_torch(name, tmodel, source=source, **{**no_drop, **(overrides or {})})
     _, report = _mapping(module, tmodel, source)
 
     torch_params = sum(p.numel() for p in tmodel.parameters())
@@ -210,7 +216,10 @@ def verify(
             got = _outputs(out)
             if len(got) != len(ref):
                 raise AssertionError(f"{name}: torch returned {len(ref)} outputs, flax {len(got)}")
-            diff = max(float(np.max(np.abs(g - r))) if r.size else 0.0 for g, r in zip(got, ref, strict=True))
+            diff = max(
+                float(np.max(np.abs(g - r))) if r.size else 0.0
+                for g, r in zip(got, ref, strict=True)
+            )
             ref_max = max(float(np.max(np.abs(r))) if r.size else 0.0 for r in ref)
             check = CheckResult(mode, size, diff, ref_max, rtol * max(1.0, ref_max))
             if train and new_state is not None:
@@ -222,8 +231,8 @@ def verify(
 
 
 def _mapping(module, tmodel, source):
-    from .core import ConversionReport, convert_state_dict, get_rules, variable_shapes
     from .api import _input_shape, _spec_of, read_state_dict
+    from .core import ConversionReport, convert_state_dict, get_rules, variable_shapes
 
     spec = _spec_of(module)
     shapes = variable_shapes(module, _input_shape(module, spec))

@@ -140,7 +140,11 @@ def register_model(
         f"{cls.__name__}({settings}): the ``{name}`` variant.\n\n"
         f"Keyword arguments override any field of :class:`{cls.__name__}` "
         f"({', '.join(spec.fields)}).\n"
-        + (f"Converts from: {', '.join(f'{s} {n!r}' for s, n in sources.items())}.\n" if sources else "")
+        + (
+            f"Converts from: {', '.join(f'{s} {n!r}' for s, n in sources.items())}.\n"
+            if sources
+            else ""
+        )
         + (f"\nReference: {paper}\n" if paper else "")
     )
     constructor.spec = spec  # type: ignore[attr-defined]

@@ -38,7 +38,9 @@ def _window_padding(
     pads = []
     for size, k, s, p, d in zip(hw, kernel, stride, padding, dilation, strict=True):
         if p > (d * (k - 1) + 1) // 2:
-            raise ValueError(f"pad should be at most half of effective kernel size, got pad={p}, kernel={k}")
+            raise ValueError(
+                f"pad should be at most half of effective kernel size, got pad={p}, kernel={k}"
+            )
         out = pool_output_size(size, k, s, p, d, ceil_mode)
         needed = (out - 1) * s + d * (k - 1) + 1  # extent the windows cover
         pads.append((p, max(needed - size - p, 0)))
@@ -150,7 +152,9 @@ def adaptive_max_pool2d(x: jax.Array, output_size: int | Sequence[int]) -> jax.A
 
 def global_avg_pool(x: jax.Array, keepdims: bool = False) -> jax.Array:
     """Mean over H and W (accumulated in float32 for low-precision inputs)."""
-    return jnp.mean(x, axis=(1, 2), keepdims=keepdims, dtype=jnp.promote_types(x.dtype, jnp.float32)).astype(x.dtype)
+    return jnp.mean(
+        x, axis=(1, 2), keepdims=keepdims, dtype=jnp.promote_types(x.dtype, jnp.float32)
+    ).astype(x.dtype)
 
 
 def global_max_pool(x: jax.Array, keepdims: bool = False) -> jax.Array:
