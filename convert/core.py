@@ -110,6 +110,14 @@ class ConversionReport:
     def ok(self) -> bool:
         return not (self.missing or self.unexpected or self.mismatched)
 
+    def one_line(self) -> str:
+        """``'3 missing, 1 unexpected, 0 mis-shaped (first: ...)'``."""
+        first = (self.missing + self.unexpected + self.mismatched or ["-"])[0]
+        return (
+            f"{len(self.missing)} missing, {len(self.unexpected)} unexpected, "
+            f"{len(self.mismatched)} mis-shaped tensors (first: {first})"
+        )
+
     def __str__(self) -> str:
         if self.ok:
             return f"all {len(self.mapping)} tensors converted"

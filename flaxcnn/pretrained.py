@@ -38,7 +38,9 @@ __all__ = [
     "cache_dir",
     "get_pretrained_cfg",
     "list_pretrained",
+    "load_converted",
     "load_pretrained",
+    "save_converted",
 ]
 
 log = logging.getLogger("flaxcnn")
@@ -196,9 +198,17 @@ def _entry_dir(cfg: PretrainedCfg, root: Path | None) -> Path:
     return (root or cache_dir()) / cfg.full_name
 
 
-def _save(entry: Path, cfg: PretrainedCfg, config: dict[str, Any], variables) -> None:
+def save_converted(
+    entry: Path, model: str, config: dict[str, Any], variables, extra: dict[str, Any] | None = None
+) -> Path:
+    """Write ``variables.safetensors`` + ``config.json`` into the folder ``entry``, atomically.
+
+    ``config`` holds the module fields that differ from the registered variant
+    (``num_classes``, ``in_chans``); :func:`load_converted` rebuilds the module from it.
+    """
     from safetensors.numpy import save_file
 
+    entry = Path(entry)
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
     try:
@@ -207,13 +217,22 @@ def _save(entry: Path, cfg: PretrainedCfg, config: dict[str, Any], variables) ->
             for k, v in traverse_util.flatten_dict(dict(variables)).items()
         }
         save_file(flat, str(tmp / "variables.safetensors"))
-        meta = {"model": cfg.name, "config": config, "pretrained_cfg": dataclasses.asdict(cfg)}
+        meta = {"model": model, "config": config, **(extra or {})}
         (tmp / "config.json").write_text(json.dumps(meta, indent=1))
         if entry.exists():
             shutil.rmtree(entry)
         tmp.rename(entry)  # atomic: a half-written entry is never visible
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return entry
+
+
+def load_converted(entry: str | os.PathLike):
+    """``(module, variables)`` from a folder written by :func:`save_converted`
+    (the cache, or ``flaxcnn convert --out``)."""
+    meta, variables = _load_cached(Path(entry))
+    module = get_model_spec(meta["model"]).build(**meta["config"])
+    return module, jax.tree.map(jax.numpy.asarray, variables)
 
 
 def _load_cached(entry: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -327,11 +346,12 @@ def load_pretrained(
             module = spec.build(**meta["config"])
         else:
             module, variables = _convert(cfg, _fetch_state_dict(cfg))
-            _save(
+            save_converted(
                 entry,
-                cfg,
+                cfg.name,
                 {k: getattr(module, k) for k in ("num_classes", "in_chans") if k in spec.fields},
                 variables,
+                {"pretrained_cfg": dataclasses.asdict(cfg)},
             )
             log.info("converted %s and cached it in %s", cfg.full_name, entry)
 
