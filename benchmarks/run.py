@@ -31,10 +31,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-
-import flaxcnn
 from flaxcnn.convert import from_torch
 from flaxcnn.convert.verify import build_torch_model, randomize_bn
+
+import flaxcnn
 
 DEFAULT_MODELS = [
     "resnet18",
@@ -249,6 +249,11 @@ def _environment(device) -> dict[str, str]:
     import torch
 
     hw = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            hw = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
     if device.type == "cuda":
         hw = torch.cuda.get_device_name()
     return {
@@ -278,7 +283,7 @@ def write_outputs(rows: list[Row], env: dict[str, str], out: Path) -> None:
     for r in rows:
         lines.append(
             f"| {r.model} | {r.task} | {r.torch_variant} | {r.batch} | {r.size} | {r.precision} | "
-            f"{r.torch_ips:.1f} | {r.flax_ips:.1f} | **{r.ratio:.2f}×** | {r.torch_first_s:.1f} / {r.flax_first_s:.1f} |"
+            f"{r.torch_ips:.1f} | {r.flax_ips:.1f} | **{r.ratio:.2f}x** | {r.torch_first_s:.1f} / {r.flax_first_s:.1f} |"
         )
     (out / "results.md").write_text("\n".join(lines) + "\n")
 

@@ -63,7 +63,9 @@ def max_pool2d(
     init = -jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
     return lax.reduce_window(
         x,
-        np.array(init, x.dtype),  # a concrete init lets JAX pick the differentiable max-pool primitive
+        np.array(
+            init, x.dtype
+        ),  # a concrete init lets JAX pick the differentiable max-pool primitive
         lax.max,
         (1, *k, 1),
         (1, *s, 1),
