@@ -68,12 +68,15 @@ class Rules:
     def ignores(self, key: str) -> bool:
         return key.rsplit(".", 1)[-1] in _DROPPED or any(re.search(p, key) for p in self.ignore)
 
+    def rename(self, key: str) -> str:
+        """A torch key in the family's canonical (Flax-side) torch naming."""
+        for pat, rep in self.renames:
+            key = re.sub(pat, rep, key)
+        return key
+
     def target(self, key: str, leaves_at: Mapping[tuple[str, FlaxPath], set[str]]) -> FlaxPath:
         """The Flax variable ``(collection, *path, leaf)`` a torch ``key`` maps to."""
-        renamed = key
-        for pat, rep in self.renames:
-            renamed = re.sub(pat, rep, renamed)
-        coll, path, leaf = torch_key_to_flax(renamed)
+        coll, path, leaf = torch_key_to_flax(self.rename(key))
         if leaf == "weight":
             have = leaves_at.get((coll, path), set())
             leaf = next((c for c in ("kernel", "scale", "embedding") if c in have), "kernel")

@@ -45,8 +45,9 @@ class ModelSpec:
         family: the family module it lives in (``'resnet'``).
         sources: torch library -> that library's name for the same architecture.
         input_size: default ``(H, W, C)``.
-        classifier: torch name of the final linear layer (``num_classes`` is read from it).
-        first_conv: torch name of the first conv (``in_chans`` is read from it).
+        classifier: torch name of the final linear layer (``num_classes`` is read from it),
+            in the family's canonical naming (the one its Flax names mirror).
+        first_conv: torch name of the first conv (``in_chans`` is read from it), likewise.
         paper: the reference, for docs.
         min_size: smallest input side the architecture accepts (tests use max(64, this)).
     """
