@@ -275,7 +275,7 @@ def make_train_step(
         metrics = {
             "loss": loss,
             "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "nonfinite": (~finite).astype(jnp.int32),
         }
         return new_state, metrics

@@ -19,8 +19,18 @@ def data_dir(tmp_path_factory):
     return d
 
 
-def tiny_config(data_dir: str, workdir: str, **overrides):
-    """The digits ResNet config shrunk to seconds: one block, 16x16, a few steps."""
+@pytest.fixture
+def tiny_config(data_dir):
+    """``make(workdir, **overrides)``: the digits ResNet config shrunk to seconds."""
+    return lambda workdir, **overrides: _tiny_config(data_dir, workdir, **overrides)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_kwargs():
+    return dict(TINY)
+
+
+def _tiny_config(data_dir: str, workdir: str, **overrides):
     cfg = load_config("digits_resnet18")
     cfg.model_kwargs = dict(TINY)
     cfg.data_dir = data_dir
