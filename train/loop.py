@@ -243,6 +243,37 @@ def _fresh_state(s: Setup, model=None, rng=None, tx=None, variables=None) -> Tra
     )
 
 
+_COMPILED: dict[Any, tuple[Callable, Callable]] = {}
+
+
+def _steps(s: Setup) -> tuple[Callable, Callable]:
+    """The jitted train and eval steps; reused (not recompiled) by a later run in the same
+    process with the same model, optimizer, step settings and devices (e.g. a resume)."""
+    teacher = _teacher(s)
+    ema = s.cfg.ema_decay > 0
+    key = (
+        s.model,
+        s.step_cfg,
+        tuple(d.id for d in s.mesh.devices.flat),
+        json.dumps(s.cfg.optim.to_dict(), sort_keys=True, default=str),
+        s.total_steps,
+        ema,
+    )
+    try:
+        hash(key)
+    except TypeError:
+        key = None
+    if teacher is None and key in _COMPILED:
+        return _COMPILED[key]
+    fns = (
+        make_train_step(s.model, s.tx, s.step_cfg, s.mesh, teacher=teacher),
+        make_eval_step(s.model, s.step_cfg, s.mesh, use_ema=ema),
+    )
+    if teacher is None and key is not None:
+        _COMPILED[key] = fns
+    return fns
+
+
 def evaluate(s: Setup, state: TrainState, eval_step: Callable | None = None) -> dict[str, float]:
     """Top-1/top-5 and mean loss over the whole eval split (all processes)."""
     eval_step = eval_step or make_eval_step(
@@ -332,8 +363,7 @@ def train(
     elif lead and os.path.exists(metrics_path):
         os.remove(metrics_path)
     start = int(to_host(state.step))
-    train_step = make_train_step(s.model, s.tx, s.step_cfg, s.mesh, teacher=_teacher(s))
-    eval_step = make_eval_step(s.model, s.step_cfg, s.mesh, use_ema=cfg.ema_decay > 0)
+    train_step, eval_step = _steps(s)
     rng = jax.random.key(cfg.seed + 1)
     every = cfg.checkpoint_every_steps or s.steps_per_epoch
     end = s.total_steps if stop_at is None else min(stop_at, s.total_steps)

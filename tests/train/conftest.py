@@ -3,7 +3,6 @@ tiny registry model (ResNet-18's CIFAR stem with one basic block: BN, residual, 
 compiles in seconds."""
 
 import pytest
-
 from flaxcnn.train.cli import load_config
 
 TINY = {"stem_type": "cifar", "stage_sizes": (1,)}

@@ -5,7 +5,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from flaxcnn.train import augment, data
 from flaxcnn.train.digits import NUM_TEST, NUM_TRAIN
 
@@ -70,7 +69,12 @@ def test_eval_batches_cover_the_split_once_with_padding_masked(sources):
         for pid in range(count):
             batches = list(
                 data.eval_batches(
-                    test, INFO, size=32, global_batch_size=48, process_index=pid, process_count=count
+                    test,
+                    INFO,
+                    size=32,
+                    global_batch_size=48,
+                    process_index=pid,
+                    process_count=count,
                 )
             )
             assert len(batches) == 8  # ceil(359 / 48) for every process
@@ -91,7 +95,7 @@ def test_preprocess_pads_digits_and_centre_crops_others():
     ev = data.preprocess(rgb, cifar, 32, train=False, crop_pct=0.875)
     tr = data.preprocess(rgb, cifar, 32, train=True)
     assert ev.shape == tr.shape == (32, 32, 3)
-    assert 0 <= ev.min() and ev.max() <= 1
+    assert ev.min() >= 0 and ev.max() <= 1
 
 
 def test_folder_dataset(tmp_path):
@@ -107,7 +111,7 @@ def test_folder_dataset(tmp_path):
 
 
 def test_unknown_dataset_lists_the_known_ones():
-    with pytest.raises(ValueError, match="cifar10.*digits"):
+    with pytest.raises(ValueError, match=r"cifar10.*digits"):
         data.get_dataset("svhn")
 
 
@@ -127,7 +131,13 @@ KEY = jax.random.key(1)
         lambda k, x: augment.augment_batch(
             k,
             x,
-            {"crop_scale_min": 0.3, "hflip": True, "color_jitter": 0.4, "noise_std": 0.1, "erase_prob": 0.5},
+            {
+                "crop_scale_min": 0.3,
+                "hflip": True,
+                "color_jitter": 0.4,
+                "noise_std": 0.1,
+                "erase_prob": 0.5,
+            },
         ),
     ],
     ids=["rrc", "hflip", "jitter", "noise", "erasing", "all"],
@@ -150,5 +160,5 @@ def test_hflip_mirrors_and_full_crop_is_identity():
 def test_mixup_cutmix_targets_stay_distributions(fn):
     x, y = fn(KEY, X, Y)
     assert x.shape == X.shape and y.shape == Y.shape
-    assert 0 <= float(x.min()) and float(x.max()) <= 1
+    assert float(x.min()) >= 0 and float(x.max()) <= 1
     np.testing.assert_allclose(y.sum(-1), 1.0, rtol=1e-6)

@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flaxcnn.train import optim, steps
 
 import flaxcnn
-from flaxcnn.train import optim, steps
 
 TINY = {"stem_type": "cifar", "stage_sizes": (1,)}  # as conftest's tiny model
 SHAPE = (16, 12, 12, 1)
@@ -76,7 +76,9 @@ def test_nonfinite_step_changes_nothing():
     batch = _batch()
     state, _, step, mesh = _run(8, 1, batch, n_steps=1)
     before = steps.to_host(state)
-    bad = dict(batch, image=np.where(np.arange(SHAPE[0])[:, None, None, None] == 3, np.nan, batch["image"]))
+    bad = dict(
+        batch, image=np.where(np.arange(SHAPE[0])[:, None, None, None] == 3, np.nan, batch["image"])
+    )
     after, m = step(state, steps.shard_batch(bad, mesh), jax.random.key(1))
     m = steps.to_host(m)
     assert m["nonfinite"] == 1
@@ -106,10 +108,20 @@ def test_optimizers_and_schedules_build_and_update(name, schedule):
     from ml_collections import ConfigDict
 
     cfg = ConfigDict(
-        {"optimizer": name, "learning_rate": 0.1, "schedule": schedule, "warmup_steps": 2, "weight_decay": 0.1,
-         "grad_clip_norm": 1.0, "freeze_backbone": True}
-    )  # fmt: skip
-    params = {"body": {"kernel": jnp.ones((2, 2))}, "fc": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}}
+        {
+            "optimizer": name,
+            "learning_rate": 0.1,
+            "schedule": schedule,
+            "warmup_steps": 2,
+            "weight_decay": 0.1,
+            "grad_clip_norm": 1.0,
+            "freeze_backbone": True,
+        }
+    )
+    params = {
+        "body": {"kernel": jnp.ones((2, 2))},
+        "fc": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)},
+    }
     tx = optim.build_optimizer(cfg, 10, head="fc")
     state = tx.init(params)
     grads = jax.tree.map(jnp.ones_like, params)
