@@ -276,9 +276,7 @@ def _steps(s: Setup) -> tuple[Callable, Callable]:
 
 def evaluate(s: Setup, state: TrainState, eval_step: Callable | None = None) -> dict[str, float]:
     """Top-1/top-5 and mean loss over the whole eval split (all processes)."""
-    eval_step = eval_step or make_eval_step(
-        s.model, s.step_cfg, s.mesh, use_ema=s.cfg.ema_decay > 0
-    )
+    eval_step = eval_step or _steps(s)[1]
     totals = None
     for batch in data_lib.eval_batches(
         s.eval_source,

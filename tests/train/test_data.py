@@ -162,3 +162,21 @@ def test_mixup_cutmix_targets_stay_distributions(fn):
     assert x.shape == X.shape and y.shape == Y.shape
     assert float(x.min()) >= 0 and float(x.max()) <= 1
     np.testing.assert_allclose(y.sum(-1), 1.0, rtol=1e-6)
+
+
+def test_import_flaxcnn_does_not_load_the_trainer():
+    import subprocess
+    import sys
+
+    heavy = [
+        "tensorflow_datasets",
+        "grain",
+        "orbax",
+        "optax",
+        "torch",
+        "matplotlib",
+        "flaxcnn.train",
+    ]
+    code = f"import sys, flaxcnn; print([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
