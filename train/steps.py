@@ -20,6 +20,7 @@ optimizer state, batch_stats and EMA (``jnp.where`` on every leaf) and reports
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
@@ -115,24 +116,32 @@ def create_train_state(
     ema: bool = False,
     variables: Mapping[str, Any] | None = None,
 ) -> TrainState:
-    """Initialise (or take ``variables``) and place the state replicated on ``mesh``."""
+    """Initialise (or take ``variables``) and place the state replicated on ``mesh``.
 
-    def init():
-        v = (
-            variables
-            if variables is not None
-            else model.init(rng, jnp.zeros(input_shape, jnp.float32))
-        )
-        params = v["params"]
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            batch_stats=v.get("batch_stats", {}),
-            opt_state=tx.init(params),
-            ema_params=jax.tree.map(jnp.copy, params) if ema else None,
-        )
+    The model's init is compiled once per (model, shape, mesh) and reused; the optimizer
+    state is built eagerly from the replicated parameters.
+    """
+    rep = replicated(mesh)
+    if variables is None:
+        variables = _init_fn(model, tuple(input_shape), mesh)(rng)
+    v = jax.device_put(dict(variables), rep)
+    params = v["params"]
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=v.get("batch_stats", {}),
+        opt_state=tx.init(params),
+        ema_params=jax.tree.map(jnp.copy, params) if ema else None,
+    )
+    return jax.device_put(state, rep)
 
-    return jax.jit(init, out_shardings=replicated(mesh))()
+
+@functools.lru_cache(maxsize=16)
+def _init_fn(model: nn.Module, input_shape: tuple[int, ...], mesh: Mesh) -> Callable:
+    def init(rng):
+        return model.init(rng, jnp.zeros(input_shape, jnp.float32))
+
+    return jax.jit(init, out_shardings=replicated(mesh))
 
 
 def _normalise(x: jax.Array, cfg: StepConfig) -> jax.Array:
