@@ -175,9 +175,11 @@ def load_source(
     if not builder.is_prepared():
         if info.name != "digits" and not _can_prepare():
             raise RuntimeError(f"dataset {info.name!r} is not prepared in {data_dir}: {info.needs}")
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
+        # The embedded set is built locally: never ask tfds to look for a copy on GCS.
+        config = tfds.download.DownloadConfig(
+            manual_dir=manual_dir, try_download_gcs=info.name != "digits"
         )
+        builder.download_and_prepare(download_config=config)
     return builder.as_data_source(split=split)
 
 
