@@ -31,10 +31,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flaxcnn.convert import from_torch
-from flaxcnn.convert.verify import build_torch_model, randomize_bn
 
 import flaxcnn
+from flaxcnn.convert import from_torch
+from flaxcnn.convert.verify import build_torch_model, randomize_bn
 
 DEFAULT_MODELS = [
     "resnet18",

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import skimage.data
 import torch
-from flaxcnn.convert.verify import build_torch_model
 from PIL import Image
 
 from flaxcnn import cli, pretrained
+from flaxcnn.convert.verify import build_torch_model
 
 
 @pytest.fixture

@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from flaxcnn.convert import CheckpointError, ConversionError
-from flaxcnn.convert.verify import build_torch_model
 
 import flaxcnn
 from flaxcnn import pretrained
+from flaxcnn.convert import CheckpointError, ConversionError
+from flaxcnn.convert.verify import build_torch_model
 
 
 @pytest.fixture

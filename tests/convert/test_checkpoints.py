@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+
+import flaxcnn
 from flaxcnn.convert import (
     CheckpointError,
     ConversionError,
@@ -12,8 +14,6 @@ from flaxcnn.convert import (
     load_torch_weights,
     torch_key_to_flax,
 )
-
-import flaxcnn
 
 
 @pytest.fixture(scope="module")

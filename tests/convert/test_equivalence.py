@@ -3,9 +3,9 @@ equivalent to the torch model it converts from, and exports back to it
 (see flaxcnn.convert.verify)."""
 
 import pytest
-from flaxcnn.convert import verify
 
 import flaxcnn
+from flaxcnn.convert import verify
 
 PAIRS = [
     (source, src_name)

@@ -4,6 +4,7 @@ verify()'s export check in test_equivalence.py; these are the unit-level propert
 import jax.numpy as jnp
 import pytest
 import torch
+
 from flaxcnn.convert import ConversionError, from_torch, to_torch
 from flaxcnn.convert.verify import build_torch_model
 

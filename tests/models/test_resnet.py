@@ -4,9 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flaxcnn.convert import verify
 
 import flaxcnn
+from flaxcnn.convert import verify
 from flaxcnn.models import ResNet18, ResNet50
 
 X = jax.random.normal(jax.random.key(0), (2, 64, 96, 3))
