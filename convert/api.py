@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,7 +15,7 @@ from flax import traverse_util
 
 from .._registry import SOURCES, ModelSpec, find_by_source
 from .checkpoint import load_checkpoint, to_numpy_state_dict
-from .core import ConversionReport, convert_state_dict, get_rules, variable_shapes
+from .core import ConversionReport, Rules, convert_state_dict, get_rules, variable_shapes
 
 __all__ = ["from_torch", "load_torch_weights", "read_state_dict"]
 
@@ -26,8 +27,16 @@ def read_state_dict(obj: Any) -> dict[str, np.ndarray]:
     return to_numpy_state_dict(obj)
 
 
-def _config_from_weights(spec: ModelSpec, sd: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """``num_classes`` and ``in_chans`` as the weights have them."""
+def _config_from_weights(
+    spec: ModelSpec, sd: Mapping[str, np.ndarray], rules: Rules | None = None
+) -> dict[str, Any]:
+    """``num_classes`` and ``in_chans`` as the weights have them.
+
+    ``spec.classifier``/``spec.first_conv`` are read after the family's renames, so a
+    family whose sources name their head differently states it once, in its own naming.
+    """
+    for pat, rep in rules.renames if rules else ():
+        sd = {re.sub(pat, rep, k): v for k, v in sd.items()}
     cfg: dict[str, Any] = {}
     fields = spec.fields
     head = f"{spec.classifier}.weight" if spec.classifier else None
@@ -118,11 +127,13 @@ def from_torch(
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     spec = find_by_source(source, name)
     sd = read_state_dict(weights)
-    cfg = {**_config_from_weights(spec, sd), **overrides}
+    cfg = {**_config_from_weights(spec, sd, get_rules(spec.family, source)), **overrides}
     module = spec.build(**cfg)
     shape = _input_shape(module, spec)
     shapes = variable_shapes(module, shape)
-    variables, report = convert_state_dict(sd, shapes, get_rules(spec.family, source), strict=strict)
+    variables, report = convert_state_dict(
+        sd, shapes, get_rules(spec.family, source), strict=strict
+    )
     if strict:
         return module, variables
     if report.missing or report.mismatched:

@@ -98,7 +98,8 @@ class VerifyResult:
     def __str__(self) -> str:
         head = (
             f"{self.source}:{self.name} -> flaxcnn {self.flax_name}: params torch {self.torch_params:,} "
-            f"flax {self.flax_params:,}" + ("" if self.torch_params == self.flax_params else "  FAIL")
+            f"flax {self.flax_params:,}"
+            + ("" if self.torch_params == self.flax_params else "  FAIL")
         )
         return "\n".join([head, *("  " + str(c) for c in self.checks)])
 
@@ -141,7 +142,11 @@ def _disable_dropout(model) -> None:
     import torch
 
     for m in model.modules():
-        if isinstance(m, torch.nn.modules.dropout._DropoutNd) or type(m).__name__ == "DropPath":
+        # timm's DropPath, torchvision's StochasticDepth (ConvNeXt trains with it on).
+        if isinstance(m, torch.nn.modules.dropout._DropoutNd) or type(m).__name__ in (
+            "DropPath",
+            "StochasticDepth",
+        ):
             m.eval()
 
 
@@ -210,7 +215,10 @@ def verify(
             got = _outputs(out)
             if len(got) != len(ref):
                 raise AssertionError(f"{name}: torch returned {len(ref)} outputs, flax {len(got)}")
-            diff = max(float(np.max(np.abs(g - r))) if r.size else 0.0 for g, r in zip(got, ref, strict=True))
+            diff = max(
+                float(np.max(np.abs(g - r))) if r.size else 0.0
+                for g, r in zip(got, ref, strict=True)
+            )
             ref_max = max(float(np.max(np.abs(r))) if r.size else 0.0 for r in ref)
             check = CheckResult(mode, size, diff, ref_max, rtol * max(1.0, ref_max))
             if train and new_state is not None:

@@ -4,6 +4,7 @@
 does the same by name.
 """
 
+from .convnext import ConvNeXt, ConvNeXtBase, ConvNeXtLarge, ConvNeXtSmall, ConvNeXtTiny
 from .resnet import (
     BasicBlock,
     Bottleneck,
@@ -27,6 +28,11 @@ from .resnet import (
 )
 
 __all__ = [
+    "ConvNeXt",
+    "ConvNeXtBase",
+    "ConvNeXtLarge",
+    "ConvNeXtSmall",
+    "ConvNeXtTiny",
     "BasicBlock",
     "Bottleneck",
     "ResNeXt50_32x4d",
