@@ -103,7 +103,7 @@ class ConvNeXtStage(nn.Module):
 
 
 class ClassifierHead(nn.Module):
-    """timm's ``NormMlpClassifierHead``, no hidden layer: pool, LayerNorm ``norm``, Linear ``fc``."""
+    """timm's ``NormMlpClassifierHead`` (no hidden layer): pool, LayerNorm, Linear."""
 
     num_classes: int
     norm: ModuleDef
