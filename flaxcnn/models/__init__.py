@@ -5,6 +5,7 @@ does the same by name.
 """
 
 from .convnext import ConvNeXt, ConvNeXtBase, ConvNeXtLarge, ConvNeXtSmall, ConvNeXtTiny
+from .densenet import DenseNet, DenseNet121, DenseNet161, DenseNet169, DenseNet201
 from .resnet import (
     BasicBlock,
     Bottleneck,
@@ -33,6 +34,11 @@ __all__ = [
     "ConvNeXtLarge",
     "ConvNeXtSmall",
     "ConvNeXtTiny",
+    "DenseNet",
+    "DenseNet121",
+    "DenseNet161",
+    "DenseNet169",
+    "DenseNet201",
     "BasicBlock",
     "Bottleneck",
     "ResNeXt50_32x4d",
