@@ -27,6 +27,7 @@ from .resnet import (
     WideResNet50_2,
     WideResNet101_2,
 )
+from .resnetv2 import ResNetV2, ResNetV2_50, ResNetV2_101
 
 __all__ = [
     "ConvNeXt",
@@ -52,6 +53,9 @@ __all__ = [
     "ResNet152",
     "ResNet50d",
     "ResNet101d",
+    "ResNetV2",
+    "ResNetV2_50",
+    "ResNetV2_101",
     "SEResNeXt50_32x4d",
     "SEResNet50",
     "SEResNet101",
