@@ -28,6 +28,7 @@ from .resnet import (
     WideResNet101_2,
 )
 from .resnetv2 import ResNetV2, ResNetV2_50, ResNetV2_101
+from .xception import LegacyXception, Xception, Xception41, Xception65, Xception71, XceptionAligned
 
 __all__ = [
     "ConvNeXt",
@@ -40,6 +41,7 @@ __all__ = [
     "DenseNet161",
     "DenseNet169",
     "DenseNet201",
+    "LegacyXception",
     "BasicBlock",
     "Bottleneck",
     "ResNeXt50_32x4d",
@@ -62,4 +64,9 @@ __all__ = [
     "SEResNet152",
     "WideResNet50_2",
     "WideResNet101_2",
+    "Xception",
+    "Xception41",
+    "Xception65",
+    "Xception71",
+    "XceptionAligned",
 ]
