@@ -16,7 +16,7 @@ from .errors import CheckpointError, ConversionError
 from .verify import VerifyResult, register_verify_hook, verify
 
 from . import resnet  # noqa: E402,F401  (registers the family's hooks)
-from . import convnext  # noqa: E402,F401  (the family's rules and hooks)
+from . import convnext, resnetv2  # noqa: E402,F401  (the families' rules and hooks)
 
 __all__ = [
     "CheckpointError",
