@@ -9,14 +9,17 @@ default; :func:`verify` proves numerical equivalence against the torch model.
 torch is imported only when a function here needs it.
 """
 
+from . import (  # noqa: F401  (the families' rules and hooks)
+    convnext,
+    resnet,
+    resnetv2,
+    senet,
+)
 from .api import from_torch, load_torch_weights, read_state_dict
 from .checkpoint import load_checkpoint
 from .core import ConversionReport, Rules, convert_state_dict, register_rules, torch_key_to_flax
 from .errors import CheckpointError, ConversionError
 from .verify import VerifyResult, register_verify_hook, verify
-
-from . import resnet  # noqa: E402,F401  (registers the family's hooks)
-from . import convnext, resnetv2  # noqa: E402,F401  (the families' rules and hooks)
 
 __all__ = [
     "CheckpointError",

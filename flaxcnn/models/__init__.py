@@ -28,6 +28,7 @@ from .resnet import (
     WideResNet101_2,
 )
 from .resnetv2 import ResNetV2, ResNetV2_50, ResNetV2_101
+from .senet import SEBottleneck, SENet, SENet154
 from .xception import LegacyXception, Xception, Xception41, Xception65, Xception71, XceptionAligned
 
 __all__ = [
@@ -58,6 +59,9 @@ __all__ = [
     "ResNetV2",
     "ResNetV2_50",
     "ResNetV2_101",
+    "SEBottleneck",
+    "SENet",
+    "SENet154",
     "SEResNeXt50_32x4d",
     "SEResNet50",
     "SEResNet101",
