@@ -43,7 +43,7 @@ def test_make_divisible_is_timms(v, expected):
 
 
 def test_resnet_d_and_se_names_follow_timm():
-    """Deep stem ``conv1_0..6``, avg-pool shortcut ``downsample_1/2`` (0 is the pool), ``se/fc1``."""
+    """Deep stem ``conv1_0..6``, avg-pool shortcut ``downsample_1/2`` (0: the pool), ``se/fc1``."""
     model = ResNet(
         stage_sizes=(1, 1),
         stem_type="deep",
