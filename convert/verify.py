@@ -145,7 +145,11 @@ def _disable_dropout(model) -> None:
     import torch
 
     for m in model.modules():
-        if isinstance(m, torch.nn.modules.dropout._DropoutNd) or type(m).__name__ == "DropPath":
+        # timm's DropPath, torchvision's StochasticDepth (ConvNeXt trains with it on).
+        if isinstance(m, torch.nn.modules.dropout._DropoutNd) or type(m).__name__ in (
+            "DropPath",
+            "StochasticDepth",
+        ):
             m.eval()
 
 

@@ -4,6 +4,7 @@ from .activations import ACTIVATIONS, get_act, hard_sigmoid, hard_swish, relu6
 from .checks import check_image_input
 from .conv import Conv2d, kaiming_normal_fan_out
 from .drop import Dropout2d, DropPath
+from .layernorm import LayerNorm
 from .norm import BatchNorm2d
 from .padding import Padding, conv_padding, pair, pool_output_size
 from .pooling import (
@@ -22,6 +23,7 @@ __all__ = [
     "Conv2d",
     "DropPath",
     "Dropout2d",
+    "LayerNorm",
     "Padding",
     "SqueezeExcite",
     "adaptive_avg_pool2d",

@@ -7,11 +7,17 @@
   Networks", CVPR 2017 (arXiv:1611.05431): grouped 3x3 convs ("cardinality").
 * Wide ResNet: Zagoruyko & Komodakis, "Wide Residual Networks", BMVC 2016
   (arXiv:1605.07146), in torchvision's form: bottleneck width doubled.
+* ResNet-D: He et al., "Bag of Tricks for Image Classification with Convolutional
+  Neural Networks", CVPR 2019 (arXiv:1812.01187): a deep 3x3 stem and an avg-pool
+  shortcut, as timm's ``resnet50d``.
+* SE-ResNet / SE-ResNeXt: Hu et al., "Squeeze-and-Excitation Networks", CVPR 2018
+  (arXiv:1709.01507), as timm's ``seresnet50`` (SE after each block's last BN).
 
 One :class:`ResNet` class; every variant is a row of data (block type, stage sizes,
-groups, width per group). Submodule names mirror torchvision's module tree
-(``conv1``, ``bn1``, ``layer1_0/conv1``, ``layer1_0/downsample_0``, ``fc``), which
-is the whole weight-conversion spec.
+groups, width per group, stem, shortcut, attention). Submodule names mirror
+torchvision's and timm's module tree (``conv1``, ``bn1``, ``layer1_0/conv1``,
+``layer1_0/downsample_0``, ``conv1_0`` for timm's deep stem, ``fc``), which is the
+whole weight-conversion spec.
 """
 
 from __future__ import annotations
@@ -25,9 +31,18 @@ import jax
 import jax.numpy as jnp
 
 from .._registry import register_model
-from ..layers import BatchNorm2d, Conv2d, DropPath, check_image_input, global_avg_pool, max_pool2d
+from ..layers import (
+    BatchNorm2d,
+    Conv2d,
+    DropPath,
+    SqueezeExcite,
+    avg_pool2d,
+    check_image_input,
+    global_avg_pool,
+    max_pool2d,
+)
 
-__all__ = ["BasicBlock", "Bottleneck", "ResNet"]
+__all__ = ["BasicBlock", "Bottleneck", "ResNet", "make_divisible"]
 
 ModuleDef = Callable[..., nn.Module]
 
@@ -46,6 +61,8 @@ class BasicBlock(nn.Module):
     first_dilation: int = 1
     zero_init_last: bool = False
     drop_path: float = 0.0
+    avg_down: bool = False
+    attn: ModuleDef | None = None
 
     expansion: ClassVar[int] = 1
 
@@ -64,6 +81,7 @@ class BasicBlock(nn.Module):
         out = nn.relu(self.norm(name="bn1")(out, train=train))
         out = self.conv(self.planes, 3, padding=1, name="conv2")(out)
         out = last_norm(name="bn2")(out, train=train)
+        out = _attn(self, out)
         out = DropPath(self.drop_path, name="drop_path")(out, train=train)
         return nn.relu(out + _shortcut(self, x, self.planes, train))
 
@@ -86,6 +104,8 @@ class Bottleneck(nn.Module):
     first_dilation: int = 1
     zero_init_last: bool = False
     drop_path: float = 0.0
+    avg_down: bool = False
+    attn: ModuleDef | None = None
 
     expansion: ClassVar[int] = 4
 
@@ -112,19 +132,50 @@ class Bottleneck(nn.Module):
         out = nn.relu(self.norm(name="bn2")(out, train=train))
         out = self.conv(out_ch, 1, name="conv3")(out)
         out = last_norm(name="bn3")(out, train=train)
+        out = _attn(self, out)
         out = DropPath(self.drop_path, name="drop_path")(out, train=train)
         return nn.relu(out + _shortcut(self, x, out_ch, train))
 
 
 def _shortcut(block: BasicBlock | Bottleneck, x: jax.Array, out_ch: int, train: bool) -> jax.Array:
-    """Identity, or torchvision's ``downsample`` = Sequential(conv1x1 (strided), BN)."""
+    """Identity, or the ``downsample`` projection.
+
+    torchvision's is Sequential(conv1x1 (strided), BN). ResNet-D's (``avg_down``, Bag of
+    Tricks section 4.1) is Sequential(AvgPool 2x2/2 (ceil_mode, count_include_pad=False),
+    conv1x1, BN), so its conv and BN are timm's ``downsample.1`` and ``downsample.2``.
+    """
     if not block.downsample:
         return x
-    sc = block.conv(out_ch, 1, block.stride, name="downsample_0")(x)
-    return block.norm(name="downsample_1")(sc, train=train)
+    if not block.avg_down:
+        sc = block.conv(out_ch, 1, block.stride, name="downsample_0")(x)
+        return block.norm(name="downsample_1")(sc, train=train)
+    if block.stride != 1:
+        x = avg_pool2d(x, 2, block.stride, ceil_mode=True, count_include_pad=False)
+    elif block.first_dilation > 1:
+        # timm's AvgPool2dSame(2, 1) in a dilated stage: zero-pad bottom/right, divide by 4.
+        x = avg_pool2d(jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0))), 2, 1)
+    sc = block.conv(out_ch, 1, name="downsample_1")(x)
+    return block.norm(name="downsample_2")(sc, train=train)
 
 
-STEMS = ("", "cifar")
+def make_divisible(
+    v: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9
+) -> int:
+    """timm's channel rounding: nearest multiple of ``divisor``, at least ``min_value``,
+    bumped up one ``divisor`` if rounding lost more than ``1 - round_limit`` of ``v``."""
+    min_value = min_value or divisor
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    return new_v + divisor if new_v < round_limit * v else new_v
+
+
+def _attn(block: BasicBlock | Bottleneck, x: jax.Array) -> jax.Array:
+    """timm's ``se`` after the last BN: SE with ratio 1/16, rounded to a multiple of 8."""
+    if block.attn is None:
+        return x
+    return block.attn(make_divisible(x.shape[-1] / 16, 8, round_limit=0.0), name="se")(x)
+
+
+STEMS = ("", "cifar", "deep")
 BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {
     "basic": BasicBlock,
     "bottleneck": Bottleneck,
@@ -141,6 +192,13 @@ class ResNet(nn.Module):
         in_chans: input channels.
         stem_type: ``''`` torchvision's 7x7/2 conv + 3x3/2 max pool; ``'cifar'`` a 3x3/1 conv
             and no pool, for small images (CIFAR, digits), as in He et al. section 4.2.
+            ``'deep'`` ResNet-C/D's three 3x3 convs (stride 2, widths ``stem_width``,
+            ``stem_width``, ``2 * stem_width``; timm's ``conv1.0/.3/.6``) + the max pool.
+        stem_width: inner width of the deep stem (timm's meaning; the 7x7 and cifar stems
+            are always 64 wide).
+        avg_down: ResNet-D shortcut: 2x2 average pool, then a stride-1 1x1 conv.
+        attn_layer: ``'se'`` adds Squeeze-and-Excitation after each block's last BN
+            (SE-ResNet/SE-ResNeXt, Hu et al., CVPR 2018), reduction 16 as timm rounds it.
         groups, width_per_group: ResNeXt cardinality and width (``32, 4`` for 32x4d).
         replace_stride_with_dilation: per stage 2-4, dilate instead of striding
             (output stride 16 or 8, as torchvision's segmentation backbones).
@@ -160,6 +218,9 @@ class ResNet(nn.Module):
     num_classes: int = 1000
     in_chans: int = 3
     stem_type: str = ""
+    stem_width: int = 64
+    avg_down: bool = False
+    attn_layer: str = ""
     groups: int = 1
     width_per_group: int = 64
     replace_stride_with_dilation: Sequence[bool] = (False, False, False)
@@ -176,7 +237,7 @@ class ResNet(nn.Module):
     def feature_info(self) -> list[dict[str, Any]]:
         """Channels and stride of each feature map ``features_only`` can return."""
         exp = BLOCKS[self.block].expansion
-        chans = [64] + [64 * 2**i * exp for i in range(len(self.stage_sizes))]
+        chans = [self._stem_chs] + [64 * 2**i * exp for i in range(len(self.stage_sizes))]
         mods = ["act1"] + [f"layer{i + 1}" for i in range(len(self.stage_sizes))]
         cifar = self.stem_type == "cifar"
         red = [1 if cifar else 2]
@@ -189,6 +250,10 @@ class ResNet(nn.Module):
             dict(num_chs=c, reduction=r, module=m) for c, r, m in zip(chans, red, mods, strict=True)
         ]
         return [info[i] for i in self.out_indices]
+
+    @property
+    def _stem_chs(self) -> int:
+        return 2 * self.stem_width if self.stem_type == "deep" else 64
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array | list[jax.Array]:
@@ -212,17 +277,32 @@ class ResNet(nn.Module):
 
         if self.stem_type not in STEMS:
             raise ValueError(f"stem_type must be one of {STEMS}, got {self.stem_type!r}")
-        cifar = self.stem_type == "cifar"
-        x = conv(64, 3 if cifar else 7, 1 if cifar else 2, padding=1 if cifar else 3, name="conv1")(
-            x
+        if self.attn_layer not in ("", "se"):
+            raise ValueError(f"attn_layer must be '' or 'se', got {self.attn_layer!r}")
+        attn = (
+            partial(SqueezeExcite, dtype=self.dtype, param_dtype=self.param_dtype)
+            if self.attn_layer
+            else None
         )
+        cifar = self.stem_type == "cifar"
+        if self.stem_type == "deep":
+            w = self.stem_width
+            x = conv(w, 3, 2, padding=1, name="conv1_0")(x)
+            x = nn.relu(norm(name="conv1_1")(x, train=train))
+            x = conv(w, 3, padding=1, name="conv1_3")(x)
+            x = nn.relu(norm(name="conv1_4")(x, train=train))
+            x = conv(2 * w, 3, padding=1, name="conv1_6")(x)
+        else:
+            x = conv(
+                64, 3 if cifar else 7, 1 if cifar else 2, padding=1 if cifar else 3, name="conv1"
+            )(x)
         x = nn.relu(norm(name="bn1")(x, train=train))
         feats = [x]
         if not cifar:
             x = max_pool2d(x, 3, 2, padding=1)
 
         total = sum(self.stage_sizes)
-        in_ch, dilation, idx = 64, 1, 0
+        in_ch, dilation, idx = self._stem_chs, 1, 0
         for i, n_blocks in enumerate(self.stage_sizes):
             planes = 64 * 2**i
             stride = 1 if i == 0 else 2
@@ -243,6 +323,8 @@ class ResNet(nn.Module):
                     first_dilation=prev_dilation if j == 0 else dilation,
                     zero_init_last=self.zero_init_residual,
                     drop_path=self.drop_path_rate * idx / max(total - 1, 1),
+                    avg_down=self.avg_down,
+                    attn=attn,
                     name=f"layer{i + 1}_{j}",
                 )(x, train=train)
                 in_ch = planes * block_cls.expansion
@@ -264,18 +346,30 @@ _TV_PAPER = {
     "resnet": "He et al., Deep Residual Learning for Image Recognition, CVPR 2016",
     "resnext": "Xie et al., Aggregated Residual Transformations for Deep Neural Networks, CVPR 2017",
     "wide": "Zagoruyko & Komodakis, Wide Residual Networks, BMVC 2016",
+    "resnetd": (
+        "He et al., Bag of Tricks for Image Classification with Convolutional Neural Networks, "
+        "CVPR 2019"
+    ),
+    "se": "Hu et al., Squeeze-and-Excitation Networks, CVPR 2018",
 }
 
 
-def _variant(name: str, camel: str, paper: str, **config: Any) -> Callable[..., nn.Module]:
-    # timm registers the same architectures under the same names.
+def _variant(
+    name: str,
+    camel: str,
+    paper: str,
+    sources: tuple[str, ...] = ("torchvision", "timm"),
+    **config: Any,
+) -> Callable[..., nn.Module]:
+    # timm registers the torchvision architectures under the same names.
     return register_model(
         name,
         ResNet,
         family="resnet",
         camel=camel,
-        sources={"torchvision": name, "timm": name},
+        sources={src: name for src in sources},
         paper=_TV_PAPER[paper],
+        first_conv="conv1.0" if config.get("stem_type") == "deep" else "conv1",
         **config,
     )
 
@@ -314,4 +408,22 @@ WideResNet50_2 = _variant(
 )
 WideResNet101_2 = _variant(
     "wide_resnet101_2", "WideResNet101_2", "wide", stage_sizes=(3, 4, 23, 3), width_per_group=128
+)
+
+_D = dict(sources=("timm",), stem_type="deep", stem_width=32, avg_down=True)
+ResNet50d = _variant("resnet50d", "ResNet50d", "resnetd", stage_sizes=(3, 4, 6, 3), **_D)
+ResNet101d = _variant("resnet101d", "ResNet101d", "resnetd", stage_sizes=(3, 4, 23, 3), **_D)
+
+_SE = dict(sources=("timm",), attn_layer="se")
+SEResNet50 = _variant("seresnet50", "SEResNet50", "se", stage_sizes=(3, 4, 6, 3), **_SE)
+SEResNet101 = _variant("seresnet101", "SEResNet101", "se", stage_sizes=(3, 4, 23, 3), **_SE)
+SEResNet152 = _variant("seresnet152", "SEResNet152", "se", stage_sizes=(3, 8, 36, 3), **_SE)
+SEResNeXt50_32x4d = _variant(
+    "seresnext50_32x4d",
+    "SEResNeXt50_32x4d",
+    "se",
+    stage_sizes=(3, 4, 6, 3),
+    groups=32,
+    width_per_group=4,
+    **_SE,
 )

@@ -1,0 +1,206 @@
+"""ConvNeXt: Liu et al., "A ConvNet for the 2020s", CVPR 2022 (arXiv:2201.03545).
+
+A patchify stem (4x4/4 conv + LayerNorm), four stages of inverted-bottleneck
+blocks (7x7 depthwise conv, LayerNorm, Linear 4x, GELU, Linear, layer scale,
+stochastic depth) with 2x2/2 conv downsampling between them, then global
+average pooling, LayerNorm and the classifier.
+
+Submodule names follow timm (``stem_0``, ``stages_1/downsample_1``,
+``stages_2/blocks_3/mlp/fc1``, ``gamma``, ``head/norm``, ``head/fc``);
+torchvision's ``features.N`` / ``block.N`` / ``layer_scale`` names are renamed in
+``flaxcnn.convert.convnext``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from .._registry import register_model
+from ..layers import Conv2d, DropPath, LayerNorm, check_image_input, global_avg_pool
+from ..layers.activations import gelu
+
+__all__ = ["ConvNeXt", "ConvNeXtBlock", "ConvNeXtStage"]
+
+ModuleDef = Callable[..., nn.Module]
+# Truncated normal, std 0.02, as both torch implementations initialise convs and linears.
+_trunc_normal = nn.initializers.truncated_normal(0.02)
+
+
+class Mlp(nn.Module):
+    """timm's ``Mlp``: Linear ``fc1``, exact GELU, Linear ``fc2`` on channels-last input."""
+
+    hidden: int
+    dense: ModuleDef
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        out = x.shape[-1]
+        return self.dense(out, name="fc2")(gelu(self.dense(self.hidden, name="fc1")(x)))
+
+
+class ConvNeXtBlock(nn.Module):
+    """dwconv 7x7 -> LayerNorm -> Linear 4C -> GELU -> Linear C -> layer scale -> + input."""
+
+    conv: ModuleDef
+    dense: ModuleDef
+    norm: ModuleDef
+    kernel_size: int = 7
+    mlp_ratio: int = 4
+    ls_init_value: float = 1e-6
+    drop_path: float = 0.0
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        c = x.shape[-1]
+        y = self.conv(c, self.kernel_size, padding=self.kernel_size // 2, groups=c, name="conv_dw")(
+            x
+        )
+        y = self.norm(name="norm")(y)
+        y = Mlp(self.mlp_ratio * c, self.dense, name="mlp")(y)
+        gamma = self.param(
+            "gamma", nn.initializers.constant(self.ls_init_value), (c,), self.param_dtype
+        )
+        y = y * gamma.astype(y.dtype)
+        return DropPath(self.drop_path, name="drop_path")(y, train=train) + x
+
+
+class ConvNeXtStage(nn.Module):
+    """Optional downsample (LayerNorm + 2x2/2 conv, ``downsample_0/1``), then ``blocks_j``."""
+
+    features: int
+    depth: int
+    conv: ModuleDef
+    dense: ModuleDef
+    norm: ModuleDef
+    downsample: bool = True
+    ls_init_value: float = 1e-6
+    drop_paths: Sequence[float] = ()
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        if self.downsample:
+            x = self.norm(name="downsample_0")(x)
+            x = self.conv(self.features, 2, 2, name="downsample_1")(x)
+        for j in range(self.depth):
+            x = ConvNeXtBlock(
+                self.conv,
+                self.dense,
+                self.norm,
+                ls_init_value=self.ls_init_value,
+                drop_path=self.drop_paths[j] if self.drop_paths else 0.0,
+                param_dtype=self.param_dtype,
+                name=f"blocks_{j}",
+            )(x, train=train)
+        return x
+
+
+class ClassifierHead(nn.Module):
+    """timm's ``NormMlpClassifierHead`` (no hidden layer): pool, LayerNorm, Linear."""
+
+    num_classes: int
+    norm: ModuleDef
+    dense: ModuleDef
+    drop_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        x = self.norm(name="norm")(global_avg_pool(x))
+        if self.num_classes == 0:
+            return x
+        x = nn.Dropout(self.drop_rate, deterministic=not train or self.drop_rate == 0.0)(x)
+        return self.dense(self.num_classes, name="fc")(x)
+
+
+class ConvNeXt(nn.Module):
+    """ConvNeXt in NHWC, timm's and torchvision's architecture (they agree exactly).
+
+    Attributes:
+        depths: blocks per stage (``(3, 3, 9, 3)`` for ConvNeXt-T).
+        dims: channels per stage.
+        num_classes: classifier outputs; ``0`` returns the pooled, normalised features.
+        in_chans: input channels.
+        ls_init_value: initial layer scale (``gamma``), 1e-6 as in the paper.
+        drop_rate: dropout before the classifier.
+        drop_path_rate: stochastic depth, linear over blocks up to this rate
+            (torchvision trains T/S/B/L with 0.1/0.4/0.5/0.5; timm defaults to 0).
+        ln_eps: LayerNorm epsilon (1e-6 in both torch libraries, not torch's 1e-5 default).
+        dtype, param_dtype: computation and parameter dtypes.
+    """
+
+    depths: Sequence[int] = (3, 3, 9, 3)
+    dims: Sequence[int] = (96, 192, 384, 768)
+    num_classes: int = 1000
+    in_chans: int = 3
+    ls_init_value: float = 1e-6
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    ln_eps: float = 1e-6
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        if len(self.depths) != len(self.dims):
+            raise ValueError(f"depths {self.depths} and dims {self.dims} must have the same length")
+        check_image_input(x, self.in_chans, type(self).__name__)
+        dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        conv = partial(Conv2d, kernel_init=_trunc_normal, **dt)
+        dense = partial(nn.Dense, kernel_init=_trunc_normal, **dt)
+        norm = partial(LayerNorm, eps=self.ln_eps, **dt)
+
+        x = conv(self.dims[0], 4, 4, name="stem_0")(x)
+        x = norm(name="stem_1")(x)
+        total = sum(self.depths)
+        rates = [self.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+        start = 0
+        for i, (depth, dim) in enumerate(zip(self.depths, self.dims, strict=True)):
+            x = ConvNeXtStage(
+                dim,
+                depth,
+                conv,
+                dense,
+                norm,
+                downsample=i > 0,
+                ls_init_value=self.ls_init_value,
+                drop_paths=tuple(rates[start : start + depth]),
+                param_dtype=self.param_dtype,
+                name=f"stages_{i}",
+            )(x, train=train)
+            start += depth
+        return ClassifierHead(self.num_classes, norm, dense, self.drop_rate, name="head")(
+            x, train=train
+        )
+
+
+_PAPER = "Liu et al., A ConvNet for the 2020s, CVPR 2022"
+
+
+def _variant(
+    name: str, camel: str, depths: Sequence[int], dims: Sequence[int]
+) -> Callable[..., nn.Module]:
+    return register_model(
+        name,
+        ConvNeXt,
+        family="convnext",
+        camel=camel,
+        sources={"torchvision": name, "timm": name},
+        classifier="head.fc",
+        first_conv="stem.0",
+        paper=_PAPER,
+        depths=tuple(depths),
+        dims=tuple(dims),
+    )
+
+
+ConvNeXtTiny = _variant("convnext_tiny", "ConvNeXtTiny", (3, 3, 9, 3), (96, 192, 384, 768))
+ConvNeXtSmall = _variant("convnext_small", "ConvNeXtSmall", (3, 3, 27, 3), (96, 192, 384, 768))
+ConvNeXtBase = _variant("convnext_base", "ConvNeXtBase", (3, 3, 27, 3), (128, 256, 512, 1024))
+ConvNeXtLarge = _variant("convnext_large", "ConvNeXtLarge", (3, 3, 27, 3), (192, 384, 768, 1536))

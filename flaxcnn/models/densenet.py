@@ -1,0 +1,214 @@
+"""DenseNet-BC: Huang et al., "Densely Connected Convolutional Networks", CVPR 2017
+(arXiv:1608.06993).
+
+Each dense layer sees the concatenation of all earlier feature maps of its block
+(BN-ReLU-conv1x1 bottleneck to ``bn_size * growth_rate`` channels, BN-ReLU-conv3x3
+to ``growth_rate``); transitions halve channels and resolution. With
+``memory_efficient`` the concatenation + bottleneck of each layer is rematerialised
+in the backward pass (``flax.linen.remat``, Pleiss et al., arXiv:1707.06990), as
+torchvision's flag of the same name does with ``torch.utils.checkpoint``: the
+concatenations otherwise dominate activation memory.
+
+torchvision and timm name the modules identically (``features.denseblock1.denselayer1.norm1``,
+``features.transition1.conv``, ``features.norm5``, ``classifier``); so does flaxcnn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from .._registry import register_model
+from ..layers import BatchNorm2d, Conv2d, avg_pool2d, check_image_input, global_avg_pool, max_pool2d
+
+__all__ = ["DenseNet", "DenseLayer"]
+
+ModuleDef = Callable[..., nn.Module]
+
+
+class DenseLayer(nn.Module):
+    """concat -> BN-ReLU-conv1x1 (``bn_size * growth_rate``) -> BN-ReLU-conv3x3 (``growth_rate``).
+
+    ``train`` is positional here so that ``nn.remat`` can treat it as static.
+    """
+
+    growth_rate: int
+    bn_size: int
+    conv: ModuleDef
+    norm: ModuleDef
+    drop_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, features: Sequence[jax.Array], train: bool = False) -> jax.Array:
+        x = jnp.concatenate(features, axis=-1)
+        x = nn.relu(self.norm(name="norm1")(x, train=train))
+        x = self.conv(self.bn_size * self.growth_rate, 1, name="conv1")(x)
+        x = nn.relu(self.norm(name="norm2")(x, train=train))
+        x = self.conv(self.growth_rate, 3, padding=1, name="conv2")(x)
+        return nn.Dropout(self.drop_rate, deterministic=not train or self.drop_rate == 0.0)(x)
+
+
+class DenseBlock(nn.Module):
+    """``num_layers`` dense layers (``denselayer1`` ...); returns all features concatenated."""
+
+    num_layers: int
+    growth_rate: int
+    bn_size: int
+    conv: ModuleDef
+    norm: ModuleDef
+    drop_rate: float = 0.0
+    memory_efficient: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        layer_cls = (
+            nn.remat(DenseLayer, static_argnums=(2,)) if self.memory_efficient else DenseLayer
+        )
+        features = [x]
+        for i in range(self.num_layers):
+            layer = layer_cls(
+                self.growth_rate,
+                self.bn_size,
+                self.conv,
+                self.norm,
+                self.drop_rate,
+                name=f"denselayer{i + 1}",
+            )
+            features.append(layer(tuple(features), train))
+        return jnp.concatenate(features, axis=-1)
+
+
+class Transition(nn.Module):
+    """BN-ReLU-conv1x1 to ``features`` channels, then 2x2/2 average pooling."""
+
+    features: int
+    conv: ModuleDef
+    norm: ModuleDef
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        x = nn.relu(self.norm(name="norm")(x, train=train))
+        return avg_pool2d(self.conv(self.features, 1, name="conv")(x), 2, 2)
+
+
+class Features(nn.Module):
+    """torch's ``features`` Sequential: stem, dense blocks and transitions, ``norm5``."""
+
+    growth_rate: int
+    block_config: Sequence[int]
+    num_init_features: int
+    bn_size: int
+    conv: ModuleDef
+    norm: ModuleDef
+    drop_rate: float = 0.0
+    memory_efficient: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        x = self.conv(self.num_init_features, 7, 2, padding=3, name="conv0")(x)
+        x = nn.relu(self.norm(name="norm0")(x, train=train))
+        x = max_pool2d(x, 3, 2, padding=1)
+        ch = self.num_init_features
+        for i, n in enumerate(self.block_config):
+            x = DenseBlock(
+                n,
+                self.growth_rate,
+                self.bn_size,
+                self.conv,
+                self.norm,
+                self.drop_rate,
+                self.memory_efficient,
+                name=f"denseblock{i + 1}",
+            )(x, train=train)
+            ch += n * self.growth_rate
+            if i != len(self.block_config) - 1:
+                ch //= 2
+                x = Transition(ch, self.conv, self.norm, name=f"transition{i + 1}")(x, train=train)
+        return self.norm(name="norm5")(x, train=train)
+
+
+class DenseNet(nn.Module):
+    """DenseNet-BC in NHWC, torchvision's (and timm's) architecture.
+
+    Attributes:
+        growth_rate: channels each dense layer adds (``k``; 32, or 48 for DenseNet-161).
+        block_config: dense layers per block (``(6, 12, 24, 16)`` for DenseNet-121).
+        num_init_features: stem width (``2 * growth_rate`` in all four variants).
+        bn_size: bottleneck width factor (``bn_size * growth_rate`` channels).
+        num_classes: classifier outputs; ``0`` returns the pooled features.
+        in_chans: input channels.
+        drop_rate: dropout after each dense layer (torchvision's ``drop_rate``, timm's
+            ``proj_drop_rate``).
+        memory_efficient: rematerialise each layer's concat + bottleneck in the
+            backward pass (less memory, one more forward per layer; same numbers).
+        bn_eps, bn_momentum: BatchNorm settings (torch's defaults).
+        dtype, param_dtype: computation and parameter dtypes.
+    """
+
+    growth_rate: int = 32
+    block_config: Sequence[int] = (6, 12, 24, 16)
+    num_init_features: int = 64
+    bn_size: int = 4
+    num_classes: int = 1000
+    in_chans: int = 3
+    drop_rate: float = 0.0
+    memory_efficient: bool = False
+    bn_eps: float = 1e-5
+    bn_momentum: float = 0.1
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        check_image_input(x, self.in_chans, type(self).__name__)
+        dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        conv = partial(Conv2d, use_bias=False, kernel_init=nn.initializers.kaiming_normal(), **dt)
+        norm = partial(BatchNorm2d, eps=self.bn_eps, momentum=self.bn_momentum, **dt)
+        x = Features(
+            self.growth_rate,
+            tuple(self.block_config),
+            self.num_init_features,
+            self.bn_size,
+            conv,
+            norm,
+            self.drop_rate,
+            self.memory_efficient,
+            name="features",
+        )(x, train=train)
+        x = global_avg_pool(nn.relu(x))
+        if self.num_classes == 0:
+            return x
+        return nn.Dense(self.num_classes, name="classifier", **dt)(x)
+
+
+_PAPER = "Huang et al., Densely Connected Convolutional Networks, CVPR 2017"
+
+
+def _variant(
+    name: str, camel: str, growth_rate: int, block_config: Sequence[int]
+) -> Callable[..., nn.Module]:
+    # timm registers the torchvision architectures under the same names and module names.
+    return register_model(
+        name,
+        DenseNet,
+        family="densenet",
+        camel=camel,
+        sources={"torchvision": name, "timm": name},
+        classifier="classifier",
+        first_conv="features.conv0",
+        paper=_PAPER,
+        growth_rate=growth_rate,
+        block_config=tuple(block_config),
+        num_init_features=2 * growth_rate,
+    )
+
+
+DenseNet121 = _variant("densenet121", "DenseNet121", 32, (6, 12, 24, 16))
+DenseNet161 = _variant("densenet161", "DenseNet161", 48, (6, 12, 36, 24))
+DenseNet169 = _variant("densenet169", "DenseNet169", 32, (6, 12, 32, 32))
+DenseNet201 = _variant("densenet201", "DenseNet201", 32, (6, 12, 48, 32))

@@ -1,0 +1,157 @@
+"""SENet-154: Hu et al., "Squeeze-and-Excitation Networks", CVPR 2018 (arXiv:1709.01507),
+as timm's ``legacy_senet154`` (the Cadene port of the authors' Caffe model).
+
+SE-ResNet/SE-ResNeXt live in :mod:`flaxcnn.models.resnet` as ResNet options; SENet-154
+is its own module because its structure is not a ResNet configuration: a stem
+(``layer0``) of three 3x3 conv-BN-ReLU with a max pool *without padding* in ceil
+mode (kept for the Caffe weights), bottlenecks of width ``2 * planes`` then
+``4 * planes`` (64 groups), 3x3 (not 1x1) strided projection shortcuts in stages
+2-4, an SE reduction of exactly ``channels // 16`` (``se_module``) and a
+``last_linear`` classifier after dropout 0.2. Names mirror timm's module tree
+(``layer0/conv1``, ``layer3_12/se_module/fc1``, ``layer2_0/downsample_0``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from .._registry import register_model
+from ..layers import (
+    BatchNorm2d,
+    Conv2d,
+    SqueezeExcite,
+    check_image_input,
+    global_avg_pool,
+    max_pool2d,
+)
+
+__all__ = ["SENet", "SEBottleneck"]
+
+ModuleDef = Callable[..., nn.Module]
+
+
+class SEBottleneck(nn.Module):
+    """1x1 (2 planes), grouped 3x3 (4 planes, strided), 1x1, SE, + shortcut, ReLU."""
+
+    planes: int
+    conv: ModuleDef
+    norm: ModuleDef
+    se: ModuleDef
+    groups: int = 64
+    reduction: int = 16
+    stride: int = 1
+    downsample: bool = False
+    downsample_kernel_size: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        out_ch = self.planes * 4
+        y = nn.relu(
+            self.norm(name="bn1")(self.conv(self.planes * 2, 1, name="conv1")(x), train=train)
+        )
+        y = self.conv(out_ch, 3, self.stride, padding=1, groups=self.groups, name="conv2")(y)
+        y = nn.relu(self.norm(name="bn2")(y, train=train))
+        y = self.norm(name="bn3")(self.conv(out_ch, 1, name="conv3")(y), train=train)
+        y = self.se(out_ch // self.reduction, name="se_module")(y)
+        if self.downsample:
+            k = self.downsample_kernel_size
+            x = self.conv(out_ch, k, self.stride, padding=k // 2, name="downsample_0")(x)
+            x = self.norm(name="downsample_1")(x, train=train)
+        return nn.relu(y + x)
+
+
+class Stem(nn.Module):
+    """timm's ``layer0``: three 3x3 conv-BN-ReLU (the first strided)."""
+
+    widths: Sequence[int]
+    conv: ModuleDef
+    norm: ModuleDef
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        for i, w in enumerate(self.widths):
+            x = self.conv(w, 3, 2 if i == 0 else 1, padding=1, name=f"conv{i + 1}")(x)
+            x = nn.relu(self.norm(name=f"bn{i + 1}")(x, train=train))
+        return x
+
+
+class SENet(nn.Module):
+    """SENet-154 in NHWC (timm ``legacy_senet154``).
+
+    Attributes:
+        layers: blocks per stage (``(3, 8, 36, 3)``).
+        groups: cardinality of the 3x3 convs.
+        reduction: SE reduction (rd channels = channels // reduction).
+        inplanes: stem output width.
+        downsample_kernel_size: kernel of the stage 2-4 projection shortcuts (3, padding 1).
+        num_classes: classifier outputs; ``0`` returns the pooled features.
+        in_chans: input channels.
+        drop_rate: dropout before ``last_linear`` (0.2, as timm).
+        bn_eps, bn_momentum: BatchNorm settings (torch's defaults).
+        dtype, param_dtype: computation and parameter dtypes.
+    """
+
+    layers: Sequence[int] = (3, 8, 36, 3)
+    groups: int = 64
+    reduction: int = 16
+    inplanes: int = 128
+    downsample_kernel_size: int = 3
+    num_classes: int = 1000
+    in_chans: int = 3
+    drop_rate: float = 0.2
+    bn_eps: float = 1e-5
+    bn_momentum: float = 0.1
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        check_image_input(x, self.in_chans, type(self).__name__)
+        dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        conv = partial(Conv2d, use_bias=False, **dt)
+        norm = partial(BatchNorm2d, eps=self.bn_eps, momentum=self.bn_momentum, **dt)
+        se = partial(SqueezeExcite, **dt)
+
+        x = Stem((64, 64, self.inplanes), conv, norm, name="layer0")(x, train=train)
+        x = max_pool2d(x, 3, 2, ceil_mode=True)  # no padding, ceil mode: the Caffe original's
+        in_ch = self.inplanes
+        for i, n in enumerate(self.layers):
+            planes = 64 * 2**i
+            stride = 1 if i == 0 else 2
+            for j in range(n):
+                x = SEBottleneck(
+                    planes,
+                    conv,
+                    norm,
+                    se,
+                    groups=self.groups,
+                    reduction=self.reduction,
+                    stride=stride if j == 0 else 1,
+                    downsample=j == 0 and (stride != 1 or in_ch != planes * 4),
+                    downsample_kernel_size=1 if i == 0 else self.downsample_kernel_size,
+                    name=f"layer{i + 1}_{j}",
+                )(x, train=train)
+                in_ch = planes * 4
+        x = global_avg_pool(x)
+        if self.num_classes == 0:
+            return x
+        x = nn.Dropout(self.drop_rate, deterministic=not train or self.drop_rate == 0.0)(x)
+        return nn.Dense(self.num_classes, name="last_linear", **dt)(x)
+
+
+SENet154 = register_model(
+    "legacy_senet154",
+    SENet,
+    family="senet",
+    camel="SENet154",
+    sources={"timm": "legacy_senet154"},
+    classifier="last_linear",
+    first_conv="layer0.conv1",
+    paper="Hu et al., Squeeze-and-Excitation Networks, CVPR 2018",
+)
