@@ -40,7 +40,10 @@ TORCHVISION_RULES = Rules(
         (r"^classifier\.0\.", "head.norm."),
         (r"^classifier\.2\.", "head.fc."),
     ],
-    transforms=[(r"/gamma$", lambda a: np.asarray(a).reshape(-1))],  # (C, 1, 1) -> (C,)
+    # (C, 1, 1) -> (C,), and back for export
+    transforms=[
+        (r"/gamma$", lambda a: np.asarray(a).reshape(-1), lambda a: np.asarray(a).reshape(-1, 1, 1))
+    ],
 )
 register_rules("convnext", TORCHVISION_RULES, source="torchvision")
 
