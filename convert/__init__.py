@@ -15,7 +15,8 @@ from .core import ConversionReport, Rules, convert_state_dict, register_rules, t
 from .errors import CheckpointError, ConversionError
 from .verify import VerifyResult, register_verify_hook, verify
 
-from . import resnet  # noqa: E402,F401  (registers the family's hooks)
+# Importing a family's module registers its conversion rules and verify hooks.
+from . import alexnet, googlenet, inception, resnet, vgg  # noqa: E402,F401
 
 __all__ = [
     "CheckpointError",

@@ -26,9 +26,12 @@ def read_state_dict(obj: Any) -> dict[str, np.ndarray]:
     return to_numpy_state_dict(obj)
 
 
-def _config_from_weights(spec: ModelSpec, sd: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """``num_classes`` and ``in_chans`` as the weights have them."""
-    cfg: dict[str, Any] = {}
+def _config_from_weights(
+    spec: ModelSpec, sd: Mapping[str, np.ndarray], source: str | None = None
+) -> dict[str, Any]:
+    """``num_classes`` and ``in_chans`` as the weights have them, and the family's ``config``."""
+    rules = get_rules(spec.family, source)
+    cfg: dict[str, Any] = dict(rules.config(sd)) if rules.config is not None else {}
     fields = spec.fields
     head = f"{spec.classifier}.weight" if spec.classifier else None
     if head and "num_classes" in fields:
@@ -118,7 +121,7 @@ def from_torch(
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     spec = find_by_source(source, name)
     sd = read_state_dict(weights)
-    cfg = {**_config_from_weights(spec, sd), **overrides}
+    cfg = {**_config_from_weights(spec, sd, source), **overrides}
     module = spec.build(**cfg)
     shape = _input_shape(module, spec)
     shapes = variable_shapes(module, shape)

@@ -30,6 +30,7 @@ __all__ = [
     "Rules",
     "convert_state_dict",
     "get_rules",
+    "nchw_flatten_linear",
     "register_rules",
     "torch_key_to_flax",
     "variable_shapes",
@@ -52,11 +53,14 @@ class Rules:
             (e.g. buffers that the Flax model computes on the fly).
         transforms: ``(regex on the '/'-joined Flax path, fn)`` pairs; ``fn`` maps the
             torch array to the Flax layout, replacing the default transpose.
+        config: ``fn(state_dict) -> {field: value}``, module fields the weights decide
+            beyond ``num_classes``/``in_chans`` (e.g. whether auxiliary heads are present).
     """
 
     renames: Sequence[tuple[str, str]] = ()
     ignore: Sequence[str] = ()
     transforms: Sequence[tuple[str, Callable[[np.ndarray], np.ndarray]]] = ()
+    config: Callable[[Mapping[str, np.ndarray]], dict[str, Any]] | None = None
 
 
 _RULES: dict[tuple[str, str | None], Rules] = {}
@@ -136,6 +140,23 @@ def _default_transform(leaf: str, a: np.ndarray) -> np.ndarray:
     if a.ndim == 2:  # linear (out, in) -> (in, out)
         return a.T
     return a
+
+
+def nchw_flatten_linear(h: int, w: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Transform for a Linear that follows a flatten of an ``(N, C, h, w)`` map.
+
+    torch flattens channel-major (c, h, w); an NHWC model flattens (h, w, c). The
+    returned function permutes the torch weight's input axis accordingly and
+    transposes it to Flax's ``(in, out)``, so the model needs no transpose at run time.
+    """
+
+    def fn(a: np.ndarray) -> np.ndarray:
+        out, n_in = a.shape
+        if n_in % (h * w):
+            raise ValueError(f"Linear input {n_in} is not C x {h} x {w}")
+        return a.reshape(out, n_in // (h * w), h, w).transpose(2, 3, 1, 0).reshape(n_in, out)
+
+    return fn
 
 
 def convert_state_dict(

@@ -1,9 +1,10 @@
 """Building blocks shared by every flaxcnn family, each matching its torch counterpart."""
 
 from .activations import ACTIVATIONS, get_act, hard_sigmoid, hard_swish, relu6
+from .basic_conv import BasicConv2d
 from .checks import check_image_input
 from .conv import Conv2d, kaiming_normal_fan_out
-from .drop import DropPath, Dropout2d
+from .drop import Dropout2d, DropPath
 from .norm import BatchNorm2d
 from .padding import Padding, conv_padding, pair, pool_output_size
 from .pooling import (
@@ -18,6 +19,7 @@ from .se import SqueezeExcite
 
 __all__ = [
     "ACTIVATIONS",
+    "BasicConv2d",
     "BatchNorm2d",
     "Conv2d",
     "DropPath",
