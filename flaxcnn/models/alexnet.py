@@ -103,7 +103,7 @@ _ALEXNET_PAPER = (
     "Krizhevsky, Sutskever & Hinton, ImageNet Classification with Deep Convolutional "
     "Neural Networks, NeurIPS 2012"
 )
-_COMMON = dict(family="alexnet", classifier="classifier_6", first_conv="features_0", min_size=63)
+_COMMON = dict(family="alexnet", classifier="classifier.6", first_conv="features.0", min_size=63)
 
 AlexNetTV = register_model(
     "alexnet",

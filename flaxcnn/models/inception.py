@@ -237,9 +237,9 @@ InceptionV3 = register_model(
     input_size=(299, 299, 3),
     classifier="fc",
     first_conv="Conv2d_1a_3x3.conv",
-    # Eval needs 75 (torchvision's min_size); the aux head's 5x5/3 pool needs a 5x5
-    # Mixed_6e map, i.e. 107 px, in train mode.
-    min_size=107,
-    verify_size=(107, 131),
+    # 75 suffices without the aux head (torchvision's min_size); the aux head's 5x5/3 pool
+    # and 5x5 valid conv need a 17x17 Mixed_6e map, i.e. 299 px, which torch needs too.
+    min_size=299,
+    verify_size=(301, 317),
     paper="Szegedy et al., Rethinking the Inception Architecture for Computer Vision, CVPR 2016",
 )
