@@ -68,7 +68,7 @@ def test_lenet_accepts_rgb_and_checks_layout():
     with pytest.raises(ValueError, match="NCHW"):
         model.init(jax.random.key(0), jnp.zeros((1, 3, 32, 32)))
     with pytest.raises(ValueError, match="c5"):
-        flaxcnn.create_model("lenet5", c5="pool").init(jax.random.key(0), x)
+        flaxcnn.create_model("lenet5", c5="pool", in_chans=3).init(jax.random.key(0), x)
 
 
 @pytest.mark.parametrize(
