@@ -59,9 +59,10 @@ def max_pool2d(
     d = pair(dilation)
     pads = _window_padding(x.shape[1:3], k, s, pair(padding), d, ceil_mode)
     init = -jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
+    # Init values are NumPy scalars: JAX differentiates reduce_window only for a concrete identity.
     return lax.reduce_window(
         x,
-        jnp.array(init, x.dtype),
+        np.array(init, x.dtype),
         lax.max,
         (1, *k, 1),
         (1, *s, 1),
@@ -91,7 +92,7 @@ def avg_pool2d(
     hw = tuple(x.shape[1:3])
     pads = _window_padding(hw, k, s, p, (1, 1), ceil_mode)
     cfg = [(0, 0), *pads, (0, 0)]
-    summed = lax.reduce_window(x, jnp.array(0, x.dtype), lax.add, (1, *k, 1), (1, *s, 1), cfg)
+    summed = lax.reduce_window(x, np.array(0, x.dtype), lax.add, (1, *k, 1), (1, *s, 1), cfg)
     if divisor_override is not None:
         return summed / divisor_override
     # The divisor is data independent: compute it once, on the host, per axis.
