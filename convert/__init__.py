@@ -9,11 +9,16 @@ default; :func:`verify` proves numerical equivalence against the torch model.
 torch is imported only when a function here needs it.
 """
 
-from . import (  # noqa: F401  (the families' rules and hooks)
+# Importing a family's module registers its conversion rules and verify hooks.
+from . import (  # noqa: F401
+    alexnet,
     convnext,
+    googlenet,
+    inception,
     resnet,
     resnetv2,
     senet,
+    vgg,
 )
 from .api import from_torch, load_torch_weights, read_state_dict
 from .checkpoint import load_checkpoint

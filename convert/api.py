@@ -29,13 +29,13 @@ def read_state_dict(obj: Any) -> dict[str, np.ndarray]:
 def _config_from_weights(
     spec: ModelSpec, sd: Mapping[str, np.ndarray], rules: Rules
 ) -> dict[str, Any]:
-    """``num_classes`` and ``in_chans`` as the weights have them.
+    """``num_classes`` and ``in_chans`` as the weights have them, and the family's ``config``.
 
     ``spec.classifier``/``spec.first_conv`` are torch names in the family's canonical
     naming, so the source's keys are renamed by its rules first.
     """
+    cfg: dict[str, Any] = dict(rules.config(sd)) if rules.config is not None else {}
     sd = {rules.rename(k): v for k, v in sd.items()}
-    cfg: dict[str, Any] = {}
     fields = spec.fields
     head = f"{spec.classifier}.weight" if spec.classifier else None
     if head and "num_classes" in fields:

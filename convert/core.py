@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -32,6 +32,7 @@ __all__ = [
     "default_transform",
     "get_rules",
     "leaves_by_module",
+    "nchw_flatten_linear",
     "register_rules",
     "torch_key_to_flax",
     "variable_shapes",
@@ -55,11 +56,15 @@ class Rules:
         transforms: ``(regex on the '/'-joined Flax path, fn[, inverse])``; ``fn`` maps the
             torch array to the Flax layout, replacing the default transpose, and the
             optional ``inverse`` maps it back (needed by :func:`flaxcnn.convert.to_torch`).
+        config: ``fn(state_dict) -> {field: value}``, module fields the weights decide
+            beyond ``num_classes``/``in_chans`` (e.g. whether auxiliary heads are present);
+            it sees the source's own key names.
     """
 
     renames: Sequence[tuple[str, str]] = ()
     ignore: Sequence[str] = ()
     transforms: Sequence[tuple] = ()
+    config: Callable[[Mapping[str, np.ndarray]], dict[str, Any]] | None = None
 
     def transform_for(self, flax_path: str) -> tuple | None:
         """The first ``transforms`` entry whose regex matches ``flax_path``."""
@@ -186,6 +191,30 @@ def leaves_by_module(paths) -> dict[tuple[str, FlaxPath], set[str]]:
     for coll, *path, leaf in paths:
         out.setdefault((coll, tuple(path)), set()).add(leaf)
     return out
+
+
+def nchw_flatten_linear(
+    h: int, w: int
+) -> tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]:
+    """Transform (and its inverse) for a Linear that follows a flatten of an ``(N, C, h, w)`` map.
+
+    torch flattens channel-major (c, h, w); an NHWC model flattens (h, w, c). The
+    transform permutes the torch weight's input axis accordingly and transposes it to
+    Flax's ``(in, out)``, so the model needs no transpose at run time; the inverse
+    undoes both for export. Use as ``(regex, *nchw_flatten_linear(h, w))``.
+    """
+
+    def fn(a: np.ndarray) -> np.ndarray:
+        out, n_in = a.shape
+        if n_in % (h * w):
+            raise ValueError(f"Linear input {n_in} is not C x {h} x {w}")
+        return a.reshape(out, n_in // (h * w), h, w).transpose(2, 3, 1, 0).reshape(n_in, out)
+
+    def inverse(k: np.ndarray) -> np.ndarray:
+        n_in, out = k.shape
+        return k.reshape(h, w, n_in // (h * w), out).transpose(3, 2, 0, 1).reshape(out, n_in)
+
+    return fn, inverse
 
 
 def convert_state_dict(

@@ -6,7 +6,7 @@ weights, randomises every BatchNorm's affine parameters and running statistics
 identity statistics), converts it, and compares in float32 on CPU:
 
 * eval mode and train mode (BN on batch statistics; dropout and stochastic depth off),
-* at the model's default size and at an odd, non-square size,
+* at the model's default size and at an odd, non-square size (the spec's ``verify_size``),
 * outputs within ``max|Δ| <= rtol * max(1, max|ref|)`` (rtol 1e-4),
 * in train mode the updated running statistics within 1e-5 relative,
 * parameter counts exactly equal;
@@ -193,10 +193,10 @@ def verify(
     if spec.family in _HOOKS:
         _HOOKS[spec.family](tmodel, g)
     h, w, c = spec.input_size
-    sizes = list(sizes) if sizes is not None else [(h, w), ODD_SIZE]
+    sizes = list(sizes) if sizes is not None else [(h, w), spec.verify_size or ODD_SIZE]
 
     # Stochastic regularisers off, so train mode is deterministic on both sides.
-    no_drop = {f: 0.0 for f in ("drop_rate", "drop_path_rate") if f in spec.fields}
+    no_drop = {f: 0.0 for f in spec.fields if f.endswith(("drop_rate", "drop_path_rate"))}
     module, variables = from_torch(name, tmodel, source=source, **{**no_drop, **(overrides or {})})
     _, report = _mapping(module, tmodel, source)
 

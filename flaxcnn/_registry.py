@@ -50,6 +50,8 @@ class ModelSpec:
         first_conv: torch name of the first conv (``in_chans`` is read from it), likewise.
         paper: the reference, for docs.
         min_size: smallest input side the architecture accepts (tests use max(64, this)).
+        verify_size: the odd, non-square ``(H, W)`` equivalence tests use besides
+            ``input_size``; ``None``: verify's default (97x131). For where torch cannot run that.
     """
 
     name: str
@@ -62,6 +64,7 @@ class ModelSpec:
     first_conv: str | None = "conv1"
     paper: str = ""
     min_size: int = 32
+    verify_size: tuple[int, int] | None = None
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -93,6 +96,7 @@ def register_model(
     first_conv: str | None = "conv1",
     paper: str = "",
     min_size: int = 32,
+    verify_size: tuple[int, int] | None = None,
     **config: Any,
 ) -> Callable[..., nn.Module]:
     """Register a variant and return its constructor (``ResNet50 = register_model(...)``).
@@ -124,6 +128,7 @@ def register_model(
         first_conv=first_conv,
         paper=paper,
         min_size=min_size,
+        verify_size=tuple(verify_size) if verify_size is not None else None,
     )
     bad = sorted(set(config) - set(spec.fields))
     if bad:

@@ -1,6 +1,7 @@
 """Building blocks shared by every flaxcnn family, each matching its torch counterpart."""
 
 from .activations import ACTIVATIONS, get_act, hard_sigmoid, hard_swish, relu6
+from .basic_conv import BasicConv2d
 from .checks import check_image_input
 from .conv import Conv2d, kaiming_normal_fan_out
 from .drop import Dropout2d, DropPath
@@ -19,6 +20,7 @@ from .se import SqueezeExcite
 
 __all__ = [
     "ACTIVATIONS",
+    "BasicConv2d",
     "BatchNorm2d",
     "Conv2d",
     "DropPath",

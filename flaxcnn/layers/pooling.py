@@ -61,11 +61,10 @@ def max_pool2d(
     d = pair(dilation)
     pads = _window_padding(x.shape[1:3], k, s, pair(padding), d, ceil_mode)
     init = -jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
+    # Init values are NumPy scalars: JAX differentiates reduce_window only for a concrete identity.
     return lax.reduce_window(
         x,
-        np.array(
-            init, x.dtype
-        ),  # a concrete init lets JAX pick the differentiable max-pool primitive
+        np.array(init, x.dtype),  # concrete: JAX then picks the differentiable max-pool primitive
         lax.max,
         (1, *k, 1),
         (1, *s, 1),

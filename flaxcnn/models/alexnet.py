@@ -1,0 +1,134 @@
+"""AlexNet and ZFNet: five convs with ReLU and overlapping max pools, then three FC layers.
+
+* AlexNet: Krizhevsky, Sutskever & Hinton, "ImageNet Classification with Deep
+  Convolutional Neural Networks", NeurIPS 2012. ``alexnet`` is torchvision's version
+  (64-192-384-256-256 channels, the "one weird trick" widths); ``alexnet_paper`` has the
+  paper's 96-256-384-384-256 on a 227x227 input (62.4M parameters), without the paper's
+  two-GPU grouping and local response normalisation (as torchvision and d2l leave them out).
+* ZFNet: Zeiler & Fergus, "Visualizing and Understanding Convolutional Networks", ECCV
+  2014: a 7x7/2 first conv and a 5x5/2 second conv (Fig. 3). Its pools use ``ceil_mode``
+  so the maps are the paper's 110 -> 55, 26 -> 13 and 13 -> 6.
+
+One :class:`AlexNet` class; a variant is its list of conv rows. Names mirror
+torchvision's ``nn.Sequential`` indices (``features_0`` ... ``features_10``,
+``classifier_1/4/6``). An adaptive average pool to 6x6 sits before the classifier, as
+torchvision has it, so any input size works (identity at the default sizes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from .._registry import register_model
+from ..layers import Conv2d, adaptive_avg_pool2d, check_image_input, max_pool2d
+
+__all__ = ["AlexNet"]
+
+# (out_channels, kernel, stride, padding, max pool 3x3/2 after it)
+ConvRow = tuple[int, int, int, int, bool]
+
+ALEXNET_TV: tuple[ConvRow, ...] = (
+    (64, 11, 4, 2, True),
+    (192, 5, 1, 2, True),
+    (384, 3, 1, 1, False),
+    (256, 3, 1, 1, False),
+    (256, 3, 1, 1, True),
+)
+ALEXNET_PAPER: tuple[ConvRow, ...] = (
+    (96, 11, 4, 0, True),
+    (256, 5, 1, 2, True),
+    (384, 3, 1, 1, False),
+    (384, 3, 1, 1, False),
+    (256, 3, 1, 1, True),
+)
+ZFNET: tuple[ConvRow, ...] = (
+    (96, 7, 2, 1, True),
+    (256, 5, 2, 0, True),
+    (384, 3, 1, 1, False),
+    (384, 3, 1, 1, False),
+    (256, 3, 1, 1, True),
+)
+
+
+class AlexNet(nn.Module):
+    """AlexNet-style network: conv rows, adaptive 6x6 average pool, FC-FC-FC with dropout.
+
+    Attributes:
+        convs: ``(out_channels, kernel, stride, padding, pool_after)`` per conv.
+        ceil_mode: the max pools' ``ceil_mode``.
+        hidden: width of the two hidden FC layers.
+        num_classes: outputs; ``0`` returns the second hidden FC layer's features.
+        drop_rate: dropout before each hidden FC layer (0.5 in the paper).
+    """
+
+    convs: Sequence[ConvRow] = ALEXNET_TV
+    ceil_mode: bool = False
+    hidden: int = 4096
+    num_classes: int = 1000
+    in_chans: int = 3
+    drop_rate: float = 0.5
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        check_image_input(x, self.in_chans, type(self).__name__)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        idx = 0  # index in torchvision's `features` Sequential: conv, ReLU[, MaxPool]
+        for out_ch, k, s, p, pool in self.convs:
+            x = nn.relu(Conv2d(out_ch, k, s, padding=p, name=f"features_{idx}", **kw)(x))
+            idx += 2
+            if pool:
+                x = max_pool2d(x, 3, 2, ceil_mode=self.ceil_mode)
+                idx += 1
+        x = adaptive_avg_pool2d(x, 6)
+        # Flattened in NHWC order; the converter permutes torch's (NCHW-flattened) classifier_1.
+        x = x.reshape(x.shape[0], -1)
+        deterministic = not train or self.drop_rate == 0.0
+        x = nn.Dropout(self.drop_rate, deterministic=deterministic)(x)
+        x = nn.relu(nn.Dense(self.hidden, name="classifier_1", **kw)(x))
+        x = nn.Dropout(self.drop_rate, deterministic=deterministic)(x)
+        x = nn.relu(nn.Dense(self.hidden, name="classifier_4", **kw)(x))
+        if self.num_classes == 0:
+            return x
+        return nn.Dense(self.num_classes, name="classifier_6", **kw)(x)
+
+
+_ALEXNET_PAPER = (
+    "Krizhevsky, Sutskever & Hinton, ImageNet Classification with Deep Convolutional "
+    "Neural Networks, NeurIPS 2012"
+)
+_COMMON = dict(family="alexnet", classifier="classifier.6", first_conv="features.0", min_size=63)
+
+AlexNetTV = register_model(
+    "alexnet",
+    AlexNet,
+    camel="AlexNetTV",
+    sources={"torchvision": "alexnet"},
+    paper=_ALEXNET_PAPER + "; widths of Krizhevsky, One weird trick..., arXiv:1404.5997",
+    convs=ALEXNET_TV,
+    **_COMMON,
+)
+AlexNetPaper = register_model(
+    "alexnet_paper",
+    AlexNet,
+    camel="AlexNetPaper",
+    input_size=(227, 227, 3),
+    paper=_ALEXNET_PAPER,
+    convs=ALEXNET_PAPER,
+    **{**_COMMON, "min_size": 67},
+)
+ZFNet = register_model(
+    "zfnet",
+    AlexNet,
+    camel="ZFNet",
+    paper="Zeiler & Fergus, Visualizing and Understanding Convolutional Networks, ECCV 2014",
+    convs=ZFNET,
+    ceil_mode=True,
+    **{**_COMMON, "min_size": 63},
+)

@@ -1,0 +1,172 @@
+"""GoogLeNet (Inception v1): Szegedy et al., "Going Deeper with Convolutions", CVPR 2015
+(arXiv:1409.4842), in torchvision's form.
+
+torchvision's version, kept here for weight compatibility: every conv is a
+:class:`~flaxcnn.layers.BasicConv2d` (conv, BN with eps 1e-3, ReLU); the "5x5" branch
+of each Inception module uses a 3x3 conv (torchvision's choice, which its weights
+carry); max pools use ``ceil_mode=True``. Two auxiliary classifiers (``aux1`` after
+inception4a, ``aux2`` after inception4d) run only in train mode, where the model
+returns ``(logits, aux2_logits, aux1_logits)`` -- torchvision's ``GoogLeNetOutputs``
+order; in eval mode it returns the logits alone.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from .._registry import register_model
+from ..layers import (
+    BasicConv2d,
+    adaptive_avg_pool2d,
+    check_image_input,
+    global_avg_pool,
+    max_pool2d,
+)
+
+__all__ = ["GoogLeNet", "Inception", "InceptionAux", "transform_input"]
+
+
+def transform_input(x: jax.Array) -> jax.Array:
+    """torchvision's ``transform_input``: re-normalise an ImageNet-normalised NHWC batch
+    to the (x - 0.5) / 0.5 scaling Google's original weights were trained with."""
+    mean = jnp.asarray([0.485, 0.456, 0.406], x.dtype)
+    std = jnp.asarray([0.229, 0.224, 0.225], x.dtype)
+    return x * (std / 0.5) + (mean - 0.5) / 0.5
+
+
+class Inception(nn.Module):
+    """Four branches concatenated: 1x1 | 1x1 -> 3x3 | 1x1 -> 3x3 | 3x3 max pool -> 1x1."""
+
+    ch1x1: int
+    ch3x3red: int
+    ch3x3: int
+    ch5x5red: int
+    ch5x5: int
+    pool_proj: int
+    conv: Any = BasicConv2d
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        b1 = self.conv(self.ch1x1, 1, name="branch1")(x, train=train)
+        b2 = self.conv(self.ch3x3red, 1, name="branch2_0")(x, train=train)
+        b2 = self.conv(self.ch3x3, 3, padding=1, name="branch2_1")(b2, train=train)
+        b3 = self.conv(self.ch5x5red, 1, name="branch3_0")(x, train=train)
+        # 3x3, not the paper's 5x5: torchvision's architecture (and weights).
+        b3 = self.conv(self.ch5x5, 3, padding=1, name="branch3_1")(b3, train=train)
+        b4 = max_pool2d(x, 3, 1, padding=1, ceil_mode=True)
+        b4 = self.conv(self.pool_proj, 1, name="branch4_1")(b4, train=train)
+        return jnp.concatenate([b1, b2, b3, b4], axis=-1)
+
+
+class InceptionAux(nn.Module):
+    """Auxiliary classifier: adaptive 4x4 average pool, 1x1 conv to 128, FC 1024, dropout, FC."""
+
+    num_classes: int
+    drop_rate: float = 0.7
+    conv: Any = BasicConv2d
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        x = adaptive_avg_pool2d(x, 4)
+        x = self.conv(128, 1, name="conv")(x, train=train)
+        # NHWC flatten; the converter permutes torch's (NCHW-flattened) fc1.
+        x = x.reshape(x.shape[0], -1)
+        x = nn.relu(nn.Dense(1024, name="fc1", **kw)(x))
+        x = nn.Dropout(self.drop_rate, deterministic=not train or self.drop_rate == 0.0)(x)
+        return nn.Dense(self.num_classes, name="fc2", **kw)(x)
+
+
+# inception3a ... inception5b: (ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj), Table 1.
+INCEPTIONS: dict[str, tuple[int, int, int, int, int, int]] = {
+    "inception3a": (64, 96, 128, 16, 32, 32),
+    "inception3b": (128, 128, 192, 32, 96, 64),
+    "inception4a": (192, 96, 208, 16, 48, 64),
+    "inception4b": (160, 112, 224, 24, 64, 64),
+    "inception4c": (128, 128, 256, 24, 64, 64),
+    "inception4d": (112, 144, 288, 32, 64, 64),
+    "inception4e": (256, 160, 320, 32, 128, 128),
+    "inception5a": (256, 160, 320, 32, 128, 128),
+    "inception5b": (384, 192, 384, 48, 128, 128),
+}
+
+
+class GoogLeNet(nn.Module):
+    """GoogLeNet / Inception v1, torchvision's architecture in NHWC.
+
+    Attributes:
+        num_classes: outputs; ``0`` returns the pooled 1024 features (and no aux heads).
+        aux_logits: build the two auxiliary classifiers (returned in train mode).
+        transform_input: apply :func:`transform_input` first, as torchvision does for its
+            pretrained weights (``googlenet(weights=...)`` turns it on).
+        drop_rate: dropout before ``fc`` (0.2); ``aux_drop_rate`` in the aux heads (0.7).
+        bn_eps: 1e-3, as torchvision.
+    """
+
+    num_classes: int = 1000
+    in_chans: int = 3
+    aux_logits: bool = True
+    transform_input: bool = False
+    drop_rate: float = 0.2
+    aux_drop_rate: float = 0.7
+    bn_eps: float = 1e-3
+    bn_momentum: float = 0.1
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, *, train: bool = False
+    ) -> jax.Array | tuple[jax.Array, jax.Array, jax.Array]:
+        check_image_input(x, self.in_chans, type(self).__name__)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        conv = partial(BasicConv2d, bn_eps=self.bn_eps, bn_momentum=self.bn_momentum, **kw)
+        aux = self.aux_logits and self.num_classes > 0
+        if self.transform_input:
+            x = transform_input(x)
+        x = conv(64, 7, 2, padding=3, name="conv1")(x, train=train)
+        x = max_pool2d(x, 3, 2, ceil_mode=True)
+        x = conv(64, 1, name="conv2")(x, train=train)
+        x = conv(192, 3, padding=1, name="conv3")(x, train=train)
+        x = max_pool2d(x, 3, 2, ceil_mode=True)
+        aux_out = {}
+        for name, cfg in INCEPTIONS.items():
+            x = Inception(*cfg, conv=conv, name=name)(x, train=train)
+            if name == "inception3b":
+                x = max_pool2d(x, 3, 2, ceil_mode=True)
+            elif name == "inception4e":
+                x = max_pool2d(x, 2, 2, ceil_mode=True)
+            elif aux and name in ("inception4a", "inception4d"):
+                head = "aux1" if name == "inception4a" else "aux2"
+                mod = InceptionAux(self.num_classes, self.aux_drop_rate, conv=conv, name=head, **kw)
+                # Built at init so the parameters exist; computed only in train mode.
+                if train or self.is_initializing():
+                    aux_out[head] = mod(x, train=train)
+        x = global_avg_pool(x)
+        if self.num_classes == 0:
+            return x
+        x = nn.Dropout(self.drop_rate, deterministic=not train or self.drop_rate == 0.0)(x)
+        x = nn.Dense(self.num_classes, name="fc", **kw)(x)
+        if train and aux:
+            return x, aux_out["aux2"], aux_out["aux1"]
+        return x
+
+
+InceptionV1 = register_model(
+    "googlenet",
+    GoogLeNet,
+    family="googlenet",
+    camel="InceptionV1",
+    sources={"torchvision": "googlenet"},
+    classifier="fc",
+    first_conv="conv1.conv",
+    min_size=32,
+    paper="Szegedy et al., Going Deeper with Convolutions, CVPR 2015",
+)

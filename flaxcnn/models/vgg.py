@@ -1,0 +1,123 @@
+"""VGG: Simonyan & Zisserman, "Very Deep Convolutional Networks for Large-Scale Image
+Recognition", ICLR 2015 (arXiv:1409.1556).
+
+Stacks of 3x3 convs (padding 1) separated by 2x2 max pools, an adaptive average pool
+to 7x7, and three FC layers with dropout. One :class:`VGG` class driven by the paper's
+configurations A (11 layers), B (13), D (16) and E (19), with or without BatchNorm
+after every conv (torchvision's ``vgg*_bn``). Names mirror torchvision's
+``nn.Sequential`` indices: ``features_<i>`` (conv, BN) and ``classifier_0/3/6``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from .._registry import register_model
+from ..layers import BatchNorm2d, Conv2d, adaptive_avg_pool2d, check_image_input, max_pool2d
+
+__all__ = ["CONFIGS", "VGG"]
+
+# Table 1 of the paper: conv widths, "M" a 2x2/2 max pool.
+CONFIGS: dict[str, tuple[int | str, ...]] = {
+    "A": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    "B": (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    "D": (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
+    "E": (
+        64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
+        512, 512, 512, 512, "M", 512, 512, 512, 512, "M",
+    ),
+}  # fmt: skip
+
+
+class VGG(nn.Module):
+    """VGG in NHWC, torchvision's architecture.
+
+    Attributes:
+        config: ``'A'``, ``'B'``, ``'D'`` or ``'E'`` (VGG-11/13/16/19), or a custom list.
+        batch_norm: a BatchNorm after every conv (``vgg*_bn``).
+        num_classes: outputs; ``0`` returns the second hidden FC layer's 4096 features.
+        drop_rate: dropout after each hidden FC layer (0.5).
+    """
+
+    config: str | Sequence[int | str] = "D"
+    batch_norm: bool = False
+    num_classes: int = 1000
+    in_chans: int = 3
+    drop_rate: float = 0.5
+    bn_eps: float = 1e-5
+    bn_momentum: float = 0.1
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        check_image_input(x, self.in_chans, type(self).__name__)
+        if isinstance(self.config, str) and self.config not in CONFIGS:
+            raise ValueError(
+                f"config must be one of {sorted(CONFIGS)} or a list, got {self.config!r}"
+            )
+        layers = CONFIGS[self.config] if isinstance(self.config, str) else self.config
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        norm = partial(BatchNorm2d, eps=self.bn_eps, momentum=self.bn_momentum, **kw)
+        idx = 0  # index in torchvision's `features` Sequential: conv[, BN], ReLU | MaxPool
+        for v in layers:
+            if v == "M":
+                x = max_pool2d(x, 2, 2)
+                idx += 1
+                continue
+            x = Conv2d(int(v), 3, padding=1, name=f"features_{idx}", **kw)(x)
+            if self.batch_norm:
+                x = norm(name=f"features_{idx + 1}")(x, train=train)
+            x = nn.relu(x)
+            idx += 3 if self.batch_norm else 2
+        x = adaptive_avg_pool2d(x, 7)
+        # Flattened in NHWC order; the converter permutes torch's (NCHW-flattened) classifier_0.
+        x = x.reshape(x.shape[0], -1)
+        deterministic = not train or self.drop_rate == 0.0
+        x = nn.relu(nn.Dense(4096, name="classifier_0", **kw)(x))
+        x = nn.Dropout(self.drop_rate, deterministic=deterministic)(x)
+        x = nn.relu(nn.Dense(4096, name="classifier_3", **kw)(x))
+        x = nn.Dropout(self.drop_rate, deterministic=deterministic)(x)
+        if self.num_classes == 0:
+            return x
+        return nn.Dense(self.num_classes, name="classifier_6", **kw)(x)
+
+
+# timm's vgg* differ (a 7x7 conv "pre_logits" head and no adaptive pool): torchvision only.
+_PAPER = (
+    "Simonyan & Zisserman, Very Deep Convolutional Networks for Large-Scale Image "
+    "Recognition, ICLR 2015"
+)
+
+
+def _variant(depth: int, config: str, bn: bool) -> Any:
+    name = f"vgg{depth}" + ("_bn" if bn else "")
+    return register_model(
+        name,
+        VGG,
+        family="vgg",
+        camel=f"VGG{depth}" + ("_BN" if bn else ""),
+        sources={"torchvision": name},
+        classifier="classifier.6",
+        first_conv="features.0",
+        paper=_PAPER,
+        verify_size=(67, 83),
+        config=config,
+        batch_norm=bn,
+    )
+
+
+VGG11 = _variant(11, "A", False)
+VGG11_BN = _variant(11, "A", True)
+VGG13 = _variant(13, "B", False)
+VGG13_BN = _variant(13, "B", True)
+VGG16 = _variant(16, "D", False)
+VGG16_BN = _variant(16, "D", True)
+VGG19 = _variant(19, "E", False)
+VGG19_BN = _variant(19, "E", True)
