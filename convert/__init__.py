@@ -9,7 +9,7 @@ default; :func:`verify` proves numerical equivalence against the torch model.
 torch is imported only when a function here needs it.
 """
 
-from . import resnet  # noqa: F401  (registers the family's hooks)
+from . import fcn, resnet  # noqa: F401  (register the families' hooks)
 from .api import from_torch, load_torch_weights, read_state_dict
 from .checkpoint import load_checkpoint
 from .core import ConversionReport, Rules, convert_state_dict, register_rules, torch_key_to_flax

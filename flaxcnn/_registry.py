@@ -28,6 +28,7 @@ __all__ = [
 ]
 
 SOURCES = ("torchvision", "timm")
+TASKS = ("classification", "segmentation")
 _REGISTRY: dict[str, ModelSpec] = {}
 _BY_SOURCE: dict[tuple[str, str], str] = {}
 # Module fields that are never user configuration.
@@ -49,6 +50,10 @@ class ModelSpec:
         first_conv: torch name of the first conv (``in_chans`` is read from it).
         paper: the reference, for docs.
         min_size: smallest input side the architecture accepts (tests use max(64, this)).
+        task: ``'classification'`` (logits ``(N, num_classes)``) or ``'segmentation'``
+            (per-pixel NHWC logits, or a dict of them with the main map under ``'out'``).
+        torch_kwargs: keyword arguments the source libraries' builders need to build this
+            exact architecture (e.g. torchvision FCN's ``aux_loss=True``).
     """
 
     name: str
@@ -61,6 +66,8 @@ class ModelSpec:
     first_conv: str | None = "conv1"
     paper: str = ""
     min_size: int = 32
+    task: str = "classification"
+    torch_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -92,6 +99,8 @@ def register_model(
     first_conv: str | None = "conv1",
     paper: str = "",
     min_size: int = 32,
+    task: str = "classification",
+    torch_kwargs: Mapping[str, Any] | None = None,
     **config: Any,
 ) -> Callable[..., nn.Module]:
     """Register a variant and return its constructor (``ResNet50 = register_model(...)``).
@@ -104,6 +113,8 @@ def register_model(
     """
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is already registered ({_REGISTRY[name].cls.__name__})")
+    if task not in TASKS:
+        raise ValueError(f"{name}: task must be one of {TASKS}, got {task!r}")
     sources = dict(sources or {})
     for src, src_name in sources.items():
         if src not in SOURCES:
@@ -123,6 +134,8 @@ def register_model(
         first_conv=first_conv,
         paper=paper,
         min_size=min_size,
+        task=task,
+        torch_kwargs=MappingProxyType(dict(torch_kwargs or {})),
     )
     bad = sorted(set(config) - set(spec.fields))
     if bad:

@@ -4,6 +4,7 @@
 does the same by name.
 """
 
+from .fcn import FCN, FCN_ResNet50, FCN_ResNet101
 from .resnet import (
     BasicBlock,
     Bottleneck,
@@ -19,6 +20,7 @@ from .resnet import (
     WideResNet50_2,
     WideResNet101_2,
 )
+from .unet import UNet, UNetBlock, UNetOriginal, UNetPadded
 
 __all__ = [
     "BasicBlock",
@@ -34,4 +36,11 @@ __all__ = [
     "ResNet152",
     "WideResNet50_2",
     "WideResNet101_2",
+    "FCN",
+    "FCN_ResNet50",
+    "FCN_ResNet101",
+    "UNet",
+    "UNetBlock",
+    "UNetOriginal",
+    "UNetPadded",
 ]
