@@ -2,10 +2,12 @@
 
 Flax's ``nn.ConvTranspose`` pads the dilated input rather than cropping the output as
 torch does, and has no ``output_padding`` or ``groups``; weights converted from torch
-would land on the wrong pixels. This layer computes the transposed convolution as the
-gradient of a forward convolution: the input dilated by ``stride`` (``lhs_dilation``),
-padded by ``dilation * (k - 1) - padding`` on both sides (``output_padding`` more on the
-bottom/right), convolved with the spatially flipped kernel.
+would land on the wrong pixels. This layer follows torch's definition (the gradient of
+``Conv2d``): each input pixel scatters ``kernel``-weighted copies onto a grid of spacing
+``stride``, taps ``dilation`` apart; ``padding`` is then cropped from both sides and
+``output_padding`` adds rows/columns at the bottom/right. (Written as a forward conv, this
+is the input dilated by ``stride`` and padded by ``dilation * (k - 1) - padding``,
+convolved with the spatially flipped kernel; XLA on CPU runs that form very slowly.)
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class ConvTranspose2d(nn.Module):
     torch's ``(in_channels, out_channels // groups, kh, kw)`` with the same transpose
     ``(2, 3, 1, 0)`` that takes a ``Conv2d`` weight from OIHW to HWIO, so the generic
     converter maps torch weights with no extra rule. It is stored unflipped, as torch
-    stores it; the flip happens in the forward pass.
+    stores it (tap ``(a, b)`` moves input pixel ``(i, j)`` to ``(i*s + a*d, j*s + b*d)``).
 
     Attributes:
         features: output channels (torch ``out_channels``).
@@ -86,26 +88,56 @@ class ConvTranspose2d(nn.Module):
             "kernel", self.kernel_init, (kh, kw, self.features // g, in_ch), self.param_dtype
         )
         dtype = self.dtype or jnp.result_type(x.dtype, self.param_dtype)
-        # (kh, kw, out/g, g * in/g) -> the forward conv's grouped HWIO (kh, kw, in/g, g * out/g),
-        # flipped in space.
-        k = kernel.astype(dtype).reshape(kh, kw, self.features // g, g, in_ch // g)
-        k = k.transpose(0, 1, 4, 3, 2).reshape(kh, kw, in_ch // g, self.features)
-        k = k[::-1, ::-1]
-        pads = [
-            (d * (n - 1) - p, d * (n - 1) - p + op)
-            for n, p, op, d in zip((kh, kw), padding, out_pad, dil, strict=True)
-        ]
-        y = lax.conv_general_dilated(
-            x.astype(dtype),
-            k,
-            window_strides=(1, 1),
-            padding=pads,
-            lhs_dilation=stride,
-            rhs_dilation=dil,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            feature_group_count=g,
-        )
+        y = _conv_transpose(x.astype(dtype), kernel.astype(dtype), stride, padding, out_pad, dil, g)
         if self.use_bias:
             bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
             y = y + bias.astype(dtype)
         return y
+
+
+def _conv_transpose(
+    x: jax.Array,
+    kernel: jax.Array,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    output_padding: tuple[int, int],
+    dilation: tuple[int, int],
+    groups: int,
+) -> jax.Array:
+    """Scatter form: every kernel tap is a matmul whose result lands on a strided grid.
+
+    Tap ``(a, b)`` sends input pixel ``(i, j)`` to ``(i * s + a * d, j * s + b * d)`` of the
+    uncropped output; torch then crops ``padding`` from both sides (``output_padding``
+    extends the bottom/right). XLA's CPU convolution with ``lhs_dilation`` (the textbook
+    formulation) is orders of magnitude slower, so the taps are written out.
+    """
+    n, h, w, cin = x.shape
+    kh, kw, cout_g, _ = kernel.shape
+    xg = x.reshape(n, h, w, groups, cin // groups)
+    kg = kernel.reshape(kh, kw, cout_g, groups, cin // groups)
+    size = [
+        (m - 1) * s - 2 * p + d * (k - 1) + op + 1
+        for m, k, s, p, op, d in zip(
+            (h, w), (kh, kw), stride, padding, output_padding, dilation, strict=True
+        )
+    ]
+    if min(size) < 1:
+        raise ValueError(f"ConvTranspose2d output size {tuple(size)} is not positive")
+    # The uncropped output, long enough for the crop [padding, padding + size).
+    full = [
+        max((m - 1) * s + d * (k - 1) + 1, p + o)
+        for m, k, s, d, p, o in zip((h, w), (kh, kw), stride, dilation, padding, size, strict=True)
+    ]
+    zero = jnp.zeros((), x.dtype)
+    y = None
+    for a in range(kh):
+        for b in range(kw):
+            tap = jnp.einsum("nhwgi,ogi->nhwgo", xg, kg[a, b]).reshape(n, h, w, groups * cout_g)
+            lo = (a * dilation[0], b * dilation[1])
+            cfg = [(0, 0, 0)]
+            for axis, m in enumerate((h, w)):
+                span = (m - 1) * stride[axis] + 1
+                cfg.append((lo[axis], full[axis] - lo[axis] - span, stride[axis] - 1))
+            tap = lax.pad(tap, zero, [*cfg, (0, 0, 0)])
+            y = tap if y is None else y + tap
+    return y[:, padding[0] : padding[0] + size[0], padding[1] : padding[1] + size[1]]
