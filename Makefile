@@ -9,7 +9,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
-	$(PIP) install -c constraints.txt -e '.[convert,test]'
+	$(PIP) install -c constraints.txt -e '.[convert,bench,test]'
 	touch $@
 
 demo: $(VENV)/.installed

@@ -14,6 +14,7 @@ from .api import from_torch, load_torch_weights, read_state_dict
 from .checkpoint import load_checkpoint
 from .core import ConversionReport, Rules, convert_state_dict, register_rules, torch_key_to_flax
 from .errors import CheckpointError, ConversionError
+from .export import to_torch
 from .verify import VerifyResult, register_verify_hook, verify
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "read_state_dict",
     "register_verify_hook",
     "register_rules",
+    "to_torch",
     "torch_key_to_flax",
     "verify",
 ]

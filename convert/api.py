@@ -14,7 +14,7 @@ from flax import traverse_util
 
 from .._registry import SOURCES, ModelSpec, find_by_source
 from .checkpoint import load_checkpoint, to_numpy_state_dict
-from .core import ConversionReport, convert_state_dict, get_rules, variable_shapes
+from .core import ConversionReport, Rules, convert_state_dict, get_rules, variable_shapes
 
 __all__ = ["from_torch", "load_torch_weights", "read_state_dict"]
 
@@ -26,8 +26,15 @@ def read_state_dict(obj: Any) -> dict[str, np.ndarray]:
     return to_numpy_state_dict(obj)
 
 
-def _config_from_weights(spec: ModelSpec, sd: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """``num_classes`` and ``in_chans`` as the weights have them."""
+def _config_from_weights(
+    spec: ModelSpec, sd: Mapping[str, np.ndarray], rules: Rules
+) -> dict[str, Any]:
+    """``num_classes`` and ``in_chans`` as the weights have them.
+
+    ``spec.classifier``/``spec.first_conv`` are torch names in the family's canonical
+    naming, so the source's keys are renamed by its rules first.
+    """
+    sd = {rules.rename(k): v for k, v in sd.items()}
     cfg: dict[str, Any] = {}
     fields = spec.fields
     head = f"{spec.classifier}.weight" if spec.classifier else None
@@ -118,13 +125,11 @@ def from_torch(
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     spec = find_by_source(source, name)
     sd = read_state_dict(weights)
-    cfg = {**_config_from_weights(spec, sd), **overrides}
+    rules = get_rules(spec.family, source)
+    cfg = {**_config_from_weights(spec, sd, rules), **overrides}
     module = spec.build(**cfg)
-    shape = _input_shape(module, spec)
-    shapes = variable_shapes(module, shape)
-    variables, report = convert_state_dict(
-        sd, shapes, get_rules(spec.family, source), strict=strict
-    )
+    shapes = variable_shapes(module, _input_shape(module, spec))
+    variables, report = convert_state_dict(sd, shapes, rules, strict=strict)
     if strict:
         return module, variables
     if report.missing or report.mismatched:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -29,7 +29,9 @@ __all__ = [
     "ConversionReport",
     "Rules",
     "convert_state_dict",
+    "default_transform",
     "get_rules",
+    "leaves_by_module",
     "register_rules",
     "torch_key_to_flax",
     "variable_shapes",
@@ -50,13 +52,35 @@ class Rules:
             (``re.sub``), e.g. ``(r"^features\\.", "backbone.")``.
         ignore: regexes of torch keys that have no Flax counterpart by design
             (e.g. buffers that the Flax model computes on the fly).
-        transforms: ``(regex on the '/'-joined Flax path, fn)`` pairs; ``fn`` maps the
-            torch array to the Flax layout, replacing the default transpose.
+        transforms: ``(regex on the '/'-joined Flax path, fn[, inverse])``; ``fn`` maps the
+            torch array to the Flax layout, replacing the default transpose, and the
+            optional ``inverse`` maps it back (needed by :func:`flaxcnn.convert.to_torch`).
     """
 
     renames: Sequence[tuple[str, str]] = ()
     ignore: Sequence[str] = ()
-    transforms: Sequence[tuple[str, Callable[[np.ndarray], np.ndarray]]] = ()
+    transforms: Sequence[tuple] = ()
+
+    def transform_for(self, flax_path: str) -> tuple | None:
+        """The first ``transforms`` entry whose regex matches ``flax_path``."""
+        return next((t for t in self.transforms if re.search(t[0], flax_path)), None)
+
+    def ignores(self, key: str) -> bool:
+        return key.rsplit(".", 1)[-1] in _DROPPED or any(re.search(p, key) for p in self.ignore)
+
+    def rename(self, key: str) -> str:
+        """A torch key in the family's canonical (Flax-side) torch naming."""
+        for pat, rep in self.renames:
+            key = re.sub(pat, rep, key)
+        return key
+
+    def target(self, key: str, leaves_at: Mapping[tuple[str, FlaxPath], set[str]]) -> FlaxPath:
+        """The Flax variable ``(collection, *path, leaf)`` a torch ``key`` maps to."""
+        coll, path, leaf = torch_key_to_flax(self.rename(key))
+        if leaf == "weight":
+            have = leaves_at.get((coll, path), set())
+            leaf = next((c for c in ("kernel", "scale", "embedding") if c in have), "kernel")
+        return (coll, *path, leaf)
 
 
 _RULES: dict[tuple[str, str | None], Rules] = {}
@@ -83,25 +107,40 @@ class ConversionReport:
     unexpected: list[str] = dataclasses.field(default_factory=list)
     mismatched: list[str] = dataclasses.field(default_factory=list)
     mapping: dict[str, FlaxPath] = dataclasses.field(default_factory=dict)
+    direction: str = "torch->flax"
 
     @property
     def ok(self) -> bool:
         return not (self.missing or self.unexpected or self.mismatched)
 
+    def one_line(self) -> str:
+        """``'3 missing, 1 unexpected, 0 mis-shaped (first: ...)'``."""
+        first = (self.missing + self.unexpected + self.mismatched or ["-"])[0]
+        return (
+            f"{len(self.missing)} missing, {len(self.unexpected)} unexpected, "
+            f"{len(self.mismatched)} mis-shaped tensors (first: {first})"
+        )
+
     def __str__(self) -> str:
         if self.ok:
             return f"all {len(self.mapping)} tensors converted"
         parts = []
+        src, dst = ("torch key", "Flax variable")[:: 1 if self.direction == "torch->flax" else -1]
         for title, items in (
-            ("missing (Flax variables no torch key fills)", self.missing),
-            ("unexpected (torch keys with no Flax variable)", self.unexpected),
+            (f"missing ({dst}s no {src} fills)", self.missing),
+            (f"unexpected ({src}s with no {dst})", self.unexpected),
             ("shape mismatch", self.mismatched),
         ):
             shown = "\n    ".join(items[:25]) + (
                 f"\n    ... and {len(items) - 25} more" if len(items) > 25 else ""
             )
             parts.append(f"  {title}: {len(items)}" + (f"\n    {shown}" if items else ""))
-        return "weights do not fit the model:\n" + "\n".join(parts)
+        what = (
+            "weights do not fit the model"
+            if self.direction == "torch->flax"
+            else "variables do not fit the torch model"
+        )
+        return f"{what}:\n" + "\n".join(parts)
 
 
 def variable_shapes(
@@ -130,16 +169,23 @@ def torch_key_to_flax(key: str) -> tuple[str, FlaxPath, str]:
     return "params", tuple(path), leaf
 
 
-def _default_transform(leaf: str, a: np.ndarray) -> np.ndarray:
-    if leaf != "kernel":
+_KERNEL_PERM = {4: (2, 3, 1, 0), 3: (2, 1, 0), 2: (1, 0)}  # conv2d OIHW->HWIO, conv1d, linear
+
+
+def default_transform(leaf: str, a: np.ndarray, *, inverse: bool = False) -> np.ndarray:
+    """Torch layout -> Flax layout (or back): kernels are transposed, everything else is as is."""
+    if leaf != "kernel" or a.ndim not in _KERNEL_PERM:
         return a
-    if a.ndim == 4:  # conv OIHW -> HWIO
-        return a.transpose(2, 3, 1, 0)
-    if a.ndim == 3:  # conv1d OIW -> WIO
-        return a.transpose(2, 1, 0)
-    if a.ndim == 2:  # linear (out, in) -> (in, out)
-        return a.T
-    return a
+    perm = _KERNEL_PERM[a.ndim]
+    return a.transpose(np.argsort(perm) if inverse else perm)
+
+
+def leaves_by_module(paths) -> dict[tuple[str, FlaxPath], set[str]]:
+    """``{(collection, module path): {leaf names}}`` of flattened Flax variable paths."""
+    out: dict[tuple[str, FlaxPath], set[str]] = {}
+    for coll, *path, leaf in paths:
+        out.setdefault((coll, tuple(path)), set()).add(leaf)
+    return out
 
 
 def convert_state_dict(
@@ -156,30 +202,21 @@ def convert_state_dict(
     Without it, the variables hold what did convert (callers fill the rest).
     """
     report = ConversionReport()
-    leaves_at: dict[tuple[str, FlaxPath], set[str]] = {}
-    for coll, *path, leaf in shapes:
-        leaves_at.setdefault((coll, tuple(path)), set()).add(leaf)
+    leaves_at = leaves_by_module(shapes)
 
     flat: dict[FlaxPath, jax.Array] = {}
     for key in sorted(state_dict):
-        if key.rsplit(".", 1)[-1] in _DROPPED or any(re.search(p, key) for p in rules.ignore):
+        if rules.ignores(key):
             continue
-        renamed = key
-        for pat, rep in rules.renames:
-            renamed = re.sub(pat, rep, renamed)
-        coll, path, leaf = torch_key_to_flax(renamed)
-        have = leaves_at.get((coll, path), set())
-        if leaf == "weight":
-            leaf = next((c for c in ("kernel", "scale", "embedding") if c in have), "kernel")
-        target = (coll, *path, leaf)
+        target = rules.target(key, leaves_at)
         report.mapping[key] = target
         joined = "/".join(target)
         if target not in shapes:
             report.unexpected.append(f"{key} (-> {joined})")
             continue
         arr = np.asarray(state_dict[key])
-        fn = next((f for p, f in rules.transforms if re.search(p, joined)), None)
-        arr = fn(arr) if fn is not None else _default_transform(leaf, arr)
+        custom = rules.transform_for(joined)
+        arr = custom[1](arr) if custom else default_transform(target[-1], arr)
         want = shapes[target]
         if tuple(arr.shape) != tuple(want.shape):
             report.mismatched.append(

@@ -63,7 +63,9 @@ def max_pool2d(
     init = -jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
     return lax.reduce_window(
         x,
-        jnp.array(init, x.dtype),
+        np.array(
+            init, x.dtype
+        ),  # a concrete init lets JAX pick the differentiable max-pool primitive
         lax.max,
         (1, *k, 1),
         (1, *s, 1),
@@ -93,7 +95,7 @@ def avg_pool2d(
     hw = tuple(x.shape[1:3])
     pads = _window_padding(hw, k, s, p, (1, 1), ceil_mode)
     cfg = [(0, 0), *pads, (0, 0)]
-    summed = lax.reduce_window(x, jnp.array(0, x.dtype), lax.add, (1, *k, 1), (1, *s, 1), cfg)
+    summed = lax.reduce_window(x, np.array(0, x.dtype), lax.add, (1, *k, 1), (1, *s, 1), cfg)
     if divisor_override is not None:
         return summed / divisor_override
     # The divisor is data independent: compute it once, on the host, per axis.

@@ -291,3 +291,26 @@ OUT_SIZE_CASES = [
 def test_pool_output_size_matches_torch(size, k, s, p, d, ceil):
     ref = F.max_pool2d(torch.zeros(1, 1, size, size), k, s, p, d, ceil_mode=ceil).shape[-1]
     assert layers.pool_output_size(size, k, s, p, d, ceil) == ref
+
+
+@pytest.mark.parametrize(("k", "s", "p", "ceil", "hw"), POOL_CASES[:6])
+def test_pool_gradients_match_torch(k, s, p, ceil, hw):
+    """Pools are differentiable under jit, with torch's gradients (max: to the argmax)."""
+    x = RNG.standard_normal((2, *hw, 3), dtype=np.float32)
+    for jfn, tfn in (
+        (
+            lambda a: layers.max_pool2d(a, k, s, p, ceil_mode=ceil),
+            lambda t: F.max_pool2d(t, k, s, p, ceil_mode=ceil),
+        ),
+        (
+            lambda a: layers.avg_pool2d(a, k, s, p, ceil_mode=ceil, count_include_pad=False),
+            lambda t: F.avg_pool2d(t, k, s, p, ceil_mode=ceil, count_include_pad=False),
+        ),
+    ):
+        xt = nchw(x).requires_grad_(True)
+        out = tfn(xt)
+        weights = torch.from_numpy(RNG.standard_normal(out.shape, dtype=np.float32))
+        (out * weights).sum().backward()
+        w = jnp.asarray(nhwc(weights))
+        got = jax.jit(jax.grad(lambda a, w=w, f=jfn: jnp.sum(f(a) * w)))(jnp.asarray(x))
+        close(got, nhwc(xt.grad))
