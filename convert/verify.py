@@ -110,9 +110,15 @@ class VerifyResult:
 def build_torch_model(name: str, source: str, **kwargs: Any):
     """The source library's model with random weights (never downloads)."""
     if source == "torchvision":
+        import inspect
+
         import torchvision
 
-        return torchvision.models.get_model(name, weights=None, **kwargs)
+        builder = torchvision.models.get_model_builder(name)
+        if "weights_backbone" in inspect.signature(builder).parameters:
+            # Segmentation/detection builders default to a pretrained backbone: never download.
+            kwargs = {"weights_backbone": None, **kwargs}
+        return builder(weights=None, **kwargs)
     if source == "timm":
         import timm
 
@@ -181,14 +187,16 @@ def verify(
 ) -> VerifyResult:
     """Compare the torch model ``name`` from ``source`` with its conversion (see module doc).
 
-    ``torch_kwargs`` go to the torch constructor and ``overrides`` to the flaxcnn module,
-    for options both libraries have (e.g. dilated ResNets).
+    ``torch_kwargs`` go to the torch constructor (over the spec's ``torch_kwargs``) and
+    ``overrides`` to the flaxcnn module, for options both libraries have (e.g. dilated ResNets).
     """
     import torch
 
     spec = find_by_source(source, name)
     torch.manual_seed(seed)
-    tmodel = build_torch_model(name, source, **(torch_kwargs or {})).float()
+    tmodel = build_torch_model(
+        name, source, **{**spec.torch_kwargs, **(torch_kwargs or {})}
+    ).float()
     g = randomize_bn(tmodel, seed)
     if spec.family in _HOOKS:
         _HOOKS[spec.family](tmodel, g)

@@ -28,6 +28,7 @@ __all__ = [
 ]
 
 SOURCES = ("torchvision", "timm")
+TASKS = ("classification", "segmentation")
 _REGISTRY: dict[str, ModelSpec] = {}
 _BY_SOURCE: dict[tuple[str, str], str] = {}
 # Module fields that are never user configuration.
@@ -52,6 +53,10 @@ class ModelSpec:
         min_size: smallest input side the architecture accepts (tests use max(64, this)).
         verify_size: the odd, non-square ``(H, W)`` equivalence tests use besides
             ``input_size``; ``None``: verify's default (97x131). For where torch cannot run that.
+        task: ``'classification'`` (logits ``(N, num_classes)``) or ``'segmentation'``
+            (per-pixel NHWC logits, or a dict of them with the main map under ``'out'``).
+        torch_kwargs: keyword arguments the source libraries' builders need to build this
+            exact architecture (e.g. torchvision FCN's ``aux_loss=True``).
     """
 
     name: str
@@ -65,6 +70,8 @@ class ModelSpec:
     paper: str = ""
     min_size: int = 32
     verify_size: tuple[int, int] | None = None
+    task: str = "classification"
+    torch_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -97,6 +104,8 @@ def register_model(
     paper: str = "",
     min_size: int = 32,
     verify_size: tuple[int, int] | None = None,
+    task: str = "classification",
+    torch_kwargs: Mapping[str, Any] | None = None,
     **config: Any,
 ) -> Callable[..., nn.Module]:
     """Register a variant and return its constructor (``ResNet50 = register_model(...)``).
@@ -109,6 +118,8 @@ def register_model(
     """
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is already registered ({_REGISTRY[name].cls.__name__})")
+    if task not in TASKS:
+        raise ValueError(f"{name}: task must be one of {TASKS}, got {task!r}")
     sources = dict(sources or {})
     for src, src_name in sources.items():
         if src not in SOURCES:
@@ -129,6 +140,8 @@ def register_model(
         paper=paper,
         min_size=min_size,
         verify_size=tuple(verify_size) if verify_size is not None else None,
+        task=task,
+        torch_kwargs=MappingProxyType(dict(torch_kwargs or {})),
     )
     bad = sorted(set(config) - set(spec.fields))
     if bad:

@@ -4,7 +4,9 @@ from .activations import ACTIVATIONS, get_act, hard_sigmoid, hard_swish, relu6
 from .basic_conv import BasicConv2d
 from .checks import check_image_input
 from .conv import Conv2d, kaiming_normal_fan_out
+from .conv_transpose import ConvTranspose2d, conv_transpose_output_size
 from .drop import Dropout2d, DropPath
+from .interpolate import interpolate
 from .layernorm import LayerNorm
 from .norm import BatchNorm2d
 from .padding import Padding, conv_padding, pair, pool_output_size
@@ -23,6 +25,7 @@ __all__ = [
     "BasicConv2d",
     "BatchNorm2d",
     "Conv2d",
+    "ConvTranspose2d",
     "DropPath",
     "Dropout2d",
     "LayerNorm",
@@ -33,11 +36,13 @@ __all__ = [
     "avg_pool2d",
     "check_image_input",
     "conv_padding",
+    "conv_transpose_output_size",
     "get_act",
     "global_avg_pool",
     "global_max_pool",
     "hard_sigmoid",
     "hard_swish",
+    "interpolate",
     "kaiming_normal_fan_out",
     "max_pool2d",
     "pair",

@@ -7,6 +7,7 @@ does the same by name.
 from .alexnet import AlexNet, AlexNetPaper, AlexNetTV, ZFNet
 from .convnext import ConvNeXt, ConvNeXtBase, ConvNeXtLarge, ConvNeXtSmall, ConvNeXtTiny
 from .densenet import DenseNet, DenseNet121, DenseNet161, DenseNet169, DenseNet201
+from .fcn import FCN, FCN_ResNet50, FCN_ResNet101
 from .googlenet import GoogLeNet, InceptionV1
 from .inception import Inception3, InceptionV3
 from .lenet import LeNet, LeNet5, LeNet5D2L
@@ -34,6 +35,7 @@ from .resnet import (
 )
 from .resnetv2 import ResNetV2, ResNetV2_50, ResNetV2_101
 from .senet import SEBottleneck, SENet, SENet154
+from .unet import UNet, UNetBlock, UNetOriginal, UNetPadded
 from .vgg import VGG, VGG11, VGG11_BN, VGG13, VGG13_BN, VGG16, VGG16_BN, VGG19, VGG19_BN
 from .xception import LegacyXception, Xception, Xception41, Xception65, Xception71, XceptionAligned
 
@@ -53,6 +55,9 @@ __all__ = [
     "DenseNet161",
     "DenseNet169",
     "DenseNet201",
+    "FCN",
+    "FCN_ResNet101",
+    "FCN_ResNet50",
     "GoogLeNet",
     "Inception3",
     "InceptionV1",
@@ -84,6 +89,10 @@ __all__ = [
     "SEResNet101",
     "SEResNet152",
     "SEResNet50",
+    "UNet",
+    "UNetBlock",
+    "UNetOriginal",
+    "UNetPadded",
     "VGG",
     "VGG11",
     "VGG11_BN",

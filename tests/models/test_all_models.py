@@ -15,6 +15,18 @@ import flaxcnn
 MODELS = flaxcnn.list_models()
 
 
+def _main(out):
+    """The output checked for shape: logits (the first of a train-mode aux tuple), or a
+    segmentation model's ``'out'`` map."""
+    if isinstance(out, dict):
+        return out["out"]
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _finite(out):
+    return all(np.isfinite(np.asarray(a, np.float32)).all() for a in jax.tree.leaves(out))
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_model_contract(name):
     spec = flaxcnn.get_model_spec(name)
@@ -22,6 +34,12 @@ def test_model_contract(name):
     side = max(64, spec.min_size)
     c = spec.input_size[2]
     x = jax.random.normal(jax.random.key(1), (2, side, side, c))
+    if spec.task == "segmentation":
+        # Per-pixel NHWC logits; unpadded nets (the original U-Net) shrink the map.
+        hw = model.output_size(side, side) if hasattr(model, "output_size") else (side, side)
+        expected = (2, *hw, 7)
+    else:
+        expected = (2, 7)
 
     # Bad input: NCHW gets a clear error before any computation.
     with pytest.raises(ValueError, match="NCHW"):
@@ -33,8 +51,8 @@ def test_model_contract(name):
 
     # Eval (the default): right shape, finite.
     out = model.apply(variables, x)
-    assert out.shape == (2, 7)
-    assert np.isfinite(np.asarray(out)).all()
+    assert _main(out).shape == expected
+    assert _finite(out)
 
     # Eval mode changes no state.
     _, state = model.apply(variables, x, mutable=True)
@@ -47,11 +65,12 @@ def test_model_contract(name):
             variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(2)}
         )
         if isinstance(out_train, tuple):  # (logits, *aux logits): GoogLeNet, Inception v3
-            assert all(a.shape == (2, 7) for a in out_train)
-            out_train = out_train[0]
-        assert out_train.shape == (2, 7)
-        assert np.isfinite(np.asarray(out_train)).all()
-        assert not np.allclose(out_train, out), "train mode should use batch statistics"
+            assert all(a.shape == expected for a in out_train)
+        assert _main(out_train).shape == expected
+        assert _finite(out_train)
+        assert not np.allclose(_main(out_train), _main(out)), (
+            "train mode should use batch statistics"
+        )
         changed = jax.tree.map(
             lambda a, b: bool(np.any(a != b)), new_state["batch_stats"], variables["batch_stats"]
         )
@@ -66,8 +85,9 @@ def test_model_contract(name):
             mutable=["batch_stats"],
             rngs={"dropout": jax.random.key(3)},
         )
-        logits = logits[0] if isinstance(logits, (tuple, list)) else logits
-        return jnp.mean(jax.nn.log_softmax(logits)[:, 0])
+        # Every head (aux classifiers, segmentation 'out'/'aux') contributes, so every
+        # parameter must receive a gradient.
+        return sum(jnp.mean(jax.nn.log_softmax(v)[..., 0]) for v in jax.tree.leaves(logits))
 
     grads = jax.jit(jax.grad(loss))(variables["params"], variables.get("batch_stats", {}))
     flat = jax.tree.leaves_with_path(grads)
@@ -80,5 +100,5 @@ def test_model_contract(name):
     shapes16 = jax.eval_shape(model16.init, jax.random.key(0), x)
     assert {a.dtype for a in jax.tree.leaves(shapes16)} == {jnp.dtype("float32")}
     out16 = model16.apply(variables, x)
-    assert out16.dtype == jnp.bfloat16
-    assert np.isfinite(np.asarray(out16, np.float32)).all()
+    assert {a.dtype for a in jax.tree.leaves(out16)} == {jnp.dtype(jnp.bfloat16)}
+    assert _finite(out16)
