@@ -21,3 +21,17 @@ def _torch_threads():
     except ImportError:  # pragma: no cover - torch is a test dependency
         return
     torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _release_memory(request):
+    """Large-model tests (equivalence, contract) leave torch models and XLA executables
+    behind; an xdist worker that runs dozens of them must not grow without bound."""
+    yield
+    if request.node.get_closest_marker(
+        "parametrize"
+    ) is not None and request.module.__name__.endswith(("test_equivalence", "test_all_models")):
+        import gc
+
+        jax.clear_caches()
+        gc.collect()
