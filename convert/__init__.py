@@ -15,7 +15,7 @@ from .core import ConversionReport, Rules, convert_state_dict, register_rules, t
 from .errors import CheckpointError, ConversionError
 from .verify import VerifyResult, register_verify_hook, verify
 
-from . import resnet  # noqa: E402,F401  (registers the family's hooks)
+from . import efficientnet, resnet  # noqa: E402,F401  (register the families' rules and hooks)
 
 __all__ = [
     "CheckpointError",

@@ -14,7 +14,14 @@ from flax import traverse_util
 
 from .._registry import SOURCES, ModelSpec, find_by_source
 from .checkpoint import load_checkpoint, to_numpy_state_dict
-from .core import ConversionReport, convert_state_dict, get_rules, variable_shapes
+from .core import (
+    ConversionReport,
+    Rules,
+    convert_state_dict,
+    get_rules,
+    rename_key,
+    variable_shapes,
+)
 
 __all__ = ["from_torch", "load_torch_weights", "read_state_dict"]
 
@@ -26,8 +33,15 @@ def read_state_dict(obj: Any) -> dict[str, np.ndarray]:
     return to_numpy_state_dict(obj)
 
 
-def _config_from_weights(spec: ModelSpec, sd: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """``num_classes`` and ``in_chans`` as the weights have them."""
+def _config_from_weights(
+    spec: ModelSpec, sd: Mapping[str, np.ndarray], rules: Rules
+) -> dict[str, Any]:
+    """``num_classes`` and ``in_chans`` as the weights have them.
+
+    ``spec.classifier`` and ``spec.first_conv`` are names after the family's renames, so
+    one spec serves sources that name those layers differently.
+    """
+    sd = {rename_key(k, rules): v for k, v in sd.items()}
     cfg: dict[str, Any] = {}
     fields = spec.fields
     head = f"{spec.classifier}.weight" if spec.classifier else None
@@ -80,13 +94,16 @@ def load_torch_weights(
 
 
 def _spec_of(module: nn.Module) -> ModelSpec | None:
-    # A module built from the registry carries the family's rules; find them by class.
+    # A module built from the registry carries the family's rules; find them by class and,
+    # where one class serves several families (EfficientNet, MobileNet), by the variant
+    # whose config the module matches best.
     from .._registry import _REGISTRY
 
-    for spec in _REGISTRY.values():
-        if spec.cls is type(module):
-            return spec
-    return None
+    def matches(spec: ModelSpec) -> int:
+        return sum(getattr(module, k, None) == v for k, v in spec.config.items())
+
+    candidates = [s for s in _REGISTRY.values() if s.cls is type(module)]
+    return max(candidates, key=matches, default=None)
 
 
 def from_torch(
@@ -118,11 +135,12 @@ def from_torch(
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     spec = find_by_source(source, name)
     sd = read_state_dict(weights)
-    cfg = {**_config_from_weights(spec, sd), **overrides}
+    rules = get_rules(spec.family, source)
+    cfg = {**_config_from_weights(spec, sd, rules), **overrides}
     module = spec.build(**cfg)
     shape = _input_shape(module, spec)
     shapes = variable_shapes(module, shape)
-    variables, report = convert_state_dict(sd, shapes, get_rules(spec.family, source), strict=strict)
+    variables, report = convert_state_dict(sd, shapes, rules, strict=strict)
     if strict:
         return module, variables
     if report.missing or report.mismatched:

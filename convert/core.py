@@ -31,6 +31,7 @@ __all__ = [
     "convert_state_dict",
     "get_rules",
     "register_rules",
+    "rename_key",
     "torch_key_to_flax",
     "variable_shapes",
 ]
@@ -47,14 +48,15 @@ class Rules:
 
     Attributes:
         renames: ``(regex, replacement)`` pairs applied in order to each torch key
-            (``re.sub``), e.g. ``(r"^features\\.", "backbone.")``.
+            (``re.sub``), e.g. ``(r"^features\\.", "backbone.")``; a replacement may be a
+            function of the match, as ``re.sub`` allows (for index arithmetic).
         ignore: regexes of torch keys that have no Flax counterpart by design
             (e.g. buffers that the Flax model computes on the fly).
         transforms: ``(regex on the '/'-joined Flax path, fn)`` pairs; ``fn`` maps the
             torch array to the Flax layout, replacing the default transpose.
     """
 
-    renames: Sequence[tuple[str, str]] = ()
+    renames: Sequence[tuple[str, str | Callable[[re.Match[str]], str]]] = ()
     ignore: Sequence[str] = ()
     transforms: Sequence[tuple[str, Callable[[np.ndarray], np.ndarray]]] = ()
 
@@ -68,6 +70,13 @@ def register_rules(family: str, rules: Rules, *, source: str | None = None) -> N
     if key in _RULES:
         raise ValueError(f"conversion rules for {key} are already registered")
     _RULES[key] = rules
+
+
+def rename_key(key: str, rules: Rules) -> str:
+    """A torch key after the family's ``renames`` (before the generic mapping)."""
+    for pat, rep in rules.renames:
+        key = re.sub(pat, rep, key)
+    return key
 
 
 def get_rules(family: str | None, source: str | None = None) -> Rules:
@@ -160,10 +169,7 @@ def convert_state_dict(
     for key in sorted(state_dict):
         if key.rsplit(".", 1)[-1] in _DROPPED or any(re.search(p, key) for p in rules.ignore):
             continue
-        renamed = key
-        for pat, rep in rules.renames:
-            renamed = re.sub(pat, rep, renamed)
-        coll, path, leaf = torch_key_to_flax(renamed)
+        coll, path, leaf = torch_key_to_flax(rename_key(key, rules))
         have = leaves_at.get((coll, path), set())
         if leaf == "weight":
             leaf = next((c for c in ("kernel", "scale", "embedding") if c in have), "kernel")

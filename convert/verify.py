@@ -141,7 +141,11 @@ def _disable_dropout(model) -> None:
     import torch
 
     for m in model.modules():
-        if isinstance(m, torch.nn.modules.dropout._DropoutNd) or type(m).__name__ == "DropPath":
+        # timm's DropPath and torchvision's StochasticDepth drop residual branches per sample.
+        if isinstance(m, torch.nn.modules.dropout._DropoutNd) or type(m).__name__ in (
+            "DropPath",
+            "StochasticDepth",
+        ):
             m.eval()
 
 
@@ -184,7 +188,7 @@ def verify(
     # Stochastic regularisers off, so train mode is deterministic on both sides.
     no_drop = {f: 0.0 for f in ("drop_rate", "drop_path_rate") if f in spec.fields}
     module, variables = from_torch(name, tmodel, source=source, **no_drop)
-    _, report = _mapping(module, tmodel, source)
+    _, report = _mapping(module, tmodel, source, spec)
 
     torch_params = sum(p.numel() for p in tmodel.parameters())
     flax_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables.get("params", {})))
@@ -221,11 +225,10 @@ def verify(
     return VerifyResult(source, name, spec.name, torch_params, flax_params, checks)
 
 
-def _mapping(module, tmodel, source):
+def _mapping(module, tmodel, source, spec):
     from .core import ConversionReport, convert_state_dict, get_rules, variable_shapes
-    from .api import _input_shape, _spec_of, read_state_dict
+    from .api import _input_shape, read_state_dict
 
-    spec = _spec_of(module)
     shapes = variable_shapes(module, _input_shape(module, spec))
     sd = read_state_dict(tmodel)
     variables, report = convert_state_dict(sd, shapes, get_rules(spec.family, source))
