@@ -89,7 +89,7 @@ def _v2_kind(stage: int) -> str:
 
 
 def _mobilenet_v3_rules() -> Rules:
-    # flaxcnn's torchvision MobileNet v3 arch is flat (a block per stage): features.N -> blocks.N-1.0
+    # flaxcnn's torchvision MobileNet v3 is flat (a block per stage): features.N -> blocks.N-1.0
     def block(m: re.Match) -> str:
         n, pos, sub, rest = int(m[1]), int(m[2]), m[3], m[4]
         return f"blocks.{n - 1}.0.{_inner('ds' if n == 1 else 'ir', pos, sub, rest)}"

@@ -17,24 +17,21 @@ stage (timm's notation, which efficientnet-jax shares)::
     "ir_r2_k5_s2_e6_c40_se0.25"       one stage: 2 inverted-residual blocks, ...
     "ir_r1_k3_s2_e4_c24_nre ir_r1_k3_s1_e3_c24_nre"   a stage of two different blocks
 
-A block is ``type_option_option...``:
+A block is ``type_option_option...``. The type is one of
 
-======  ===================================================================
-type    ``ds`` depthwise-separable (dw kxk, [SE], pw 1x1; the MBConv of expansion 1),
-        ``dsa`` the same with an activation after the pw conv and no skip (MobileNet v1),
-        ``ir`` inverted residual / MBConv (pw expand, dw kxk, [SE], pw project),
-        ``er`` edge residual / Fused-MBConv (kxk expand, [SE], pw project),
-        ``cn`` conv + BN + activation (a plain layer; a Fused-MBConv of expansion 1)
-``rN``  repeats (scaled by ``depth_multiplier``, rounded up)
-``kN``  kernel size of the spatial conv
-``sN``  stride of the first block of the stage (the repeats have stride 1)
-``eX``  expansion ratio (``ir``/``er``)
-``cN``  output channels (scaled by ``width_multiplier`` and rounded to a multiple of 8)
-``seX`` squeeze-and-excitation ratio (no SE when absent)
-``nre`` ReLU instead of the model's activation (MobileNet v3's early blocks)
-``skip`` / ``noskip``  force / forbid the residual connection (default: when the stride
-        is 1 and the channels match; ``cn`` only with ``skip``)
-======  ===================================================================
+* ``ds`` depthwise-separable: dw kxk, [SE], pw 1x1 (an MBConv of expansion 1);
+* ``dsa`` the same with an activation after the pw conv and no skip (MobileNet v1);
+* ``ir`` inverted residual / MBConv: pw expand, dw kxk, [SE], pw project;
+* ``er`` edge residual / Fused-MBConv: kxk expand, [SE], pw project;
+* ``cn`` conv + BN + activation (a plain layer; a Fused-MBConv of expansion 1);
+
+and the options are ``rN`` repeats (scaled by ``depth_multiplier``, rounded up), ``kN``
+kernel of the spatial conv, ``sN`` stride of the stage's first block (repeats have stride
+1), ``eX`` expansion ratio, ``cN`` output channels (scaled by ``width_multiplier``, rounded
+to a multiple of 8), ``seX`` squeeze-and-excitation ratio (no SE when absent), ``nre``
+ReLU instead of the model's activation (MobileNet v3's early blocks), ``skip``/``noskip``
+force/forbid the residual (default: when stride is 1 and channels match; ``cn`` only
+with ``skip``).
 
 The residual-free stem and head are fields of the module. Submodule names are timm's
 (``conv_stem``, ``bn1``, ``blocks_3_1/conv_pw``, ``conv_head``, ``classifier``), except that
@@ -42,12 +39,13 @@ squeeze-and-excitation is the shared :class:`~flaxcnn.layers.SqueezeExcite` (``s
 ``se/fc2`` for timm's ``conv_reduce``/``conv_expand``); ``convert/efficientnet.py`` holds
 the renames for timm and torchvision.
 
-Registry names are the sources' own names. Where torchvision's and timm's architectures
-are identical (MobileNet v2, EfficientNet B0-B4) one entry converts from both; where
-they differ only in BatchNorm settings, torchvision's entry has torchvision's name
-(``mobilenet_v3_large``, ``efficientnet_v2_s``) or, if timm uses the same name, a
-``tv_`` prefix (``tv_efficientnet_b5``: BN eps 1e-3, momentum 0.01, TF-ported by
-torchvision but with symmetric padding). ``tf_*`` models use TF 'SAME' padding.
+Registry names are the sources' own names. Where torchvision's and timm's networks are
+identical, BN settings included (MobileNet v2, EfficientNet B0-B4), one entry converts
+from both. Otherwise torchvision's entry has torchvision's name (``mobilenet_v3_large``:
+timm's twin has BN eps 1e-5, momentum 0.1; ``efficientnet_v2_s``: timm's is a TF port)
+or, where timm uses the same name, a ``tv_`` prefix (``tv_efficientnet_b5``: BN eps 1e-3,
+momentum 0.01, weights TF-ported by torchvision but run with symmetric padding).
+``tf_*`` models use TF 'SAME' padding and TF's BN eps 1e-3.
 """
 
 from __future__ import annotations
@@ -418,7 +416,7 @@ MOBILENET_V2 = (
     "ir_r3_k3_s2_e6_c160",
     "ir_r1_k3_s1_e6_c320",
 )
-# timm groups MobileNet v3's blocks into stages ...
+# MobileNet v3 as timm groups its blocks into stages (torchvision's form: ``_flat``).
 MOBILENET_V3_LARGE = (
     "ds_r1_k3_s1_e1_c16_nre",
     "ir_r1_k3_s2_e4_c24_nre ir_r1_k3_s1_e3_c24_nre",
@@ -439,8 +437,8 @@ MOBILENET_V3_SMALL = (
 
 
 def _flat(arch: Sequence[str]) -> tuple[str, ...]:
-    """... torchvision lists them flat (``features.1`` ... ``features.N``, the paper's table):
-    one block per line, so the Flax tree mirrors torchvision's module list."""
+    """One block per line: torchvision lists MobileNet v3's blocks flat (``features.1`` ...
+    ``features.N``, the paper's table), so its Flax tree is ``blocks_{N-1}_0``."""
     out = []
     for line in arch:
         for s in line.split():
