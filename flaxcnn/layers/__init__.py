@@ -2,8 +2,8 @@
 
 from .activations import ACTIVATIONS, get_act, hard_sigmoid, hard_swish, relu6
 from .checks import check_image_input
-from .conv import Conv2d, kaiming_normal_fan_out
-from .drop import DropPath, Dropout2d
+from .conv import Conv2d, DepthwiseConv2d, depthwise_conv2d_shift, kaiming_normal_fan_out
+from .drop import Dropout2d, DropPath
 from .norm import BatchNorm2d
 from .padding import Padding, conv_padding, pair, pool_output_size
 from .pooling import (
@@ -20,6 +20,7 @@ __all__ = [
     "ACTIVATIONS",
     "BatchNorm2d",
     "Conv2d",
+    "DepthwiseConv2d",
     "DropPath",
     "Dropout2d",
     "Padding",
@@ -29,6 +30,7 @@ __all__ = [
     "avg_pool2d",
     "check_image_input",
     "conv_padding",
+    "depthwise_conv2d_shift",
     "get_act",
     "global_avg_pool",
     "global_max_pool",

@@ -61,7 +61,15 @@ import jax
 import jax.numpy as jnp
 
 from .._registry import register_model
-from ..layers import BatchNorm2d, Conv2d, DropPath, SqueezeExcite, check_image_input, get_act
+from ..layers import (
+    BatchNorm2d,
+    Conv2d,
+    DepthwiseConv2d,
+    DropPath,
+    SqueezeExcite,
+    check_image_input,
+    get_act,
+)
 
 __all__ = ["BlockArgs", "EfficientNet", "decode_arch", "make_divisible", "round_channels"]
 
@@ -184,6 +192,7 @@ class MobileBlock(nn.Module):
     se_act: str | None
     se_gate: str
     conv: ModuleDef
+    dw_conv: ModuleDef
     norm: ModuleDef
     drop_path: float = 0.0
     dtype: Any = None
@@ -197,7 +206,7 @@ class MobileBlock(nn.Module):
         k, s = a.kernel, self.stride
         shortcut = x
         if a.block_type in ("ds", "dsa"):
-            x = self.conv(in_chs, k, s, groups=in_chs, name="conv_dw")(x)
+            x = self.dw_conv(k, s, name="conv_dw")(x)
             x = act(self.norm(name="bn1")(x, train=train))
             x = self._se(x)
             x = self.conv(self.out_chs, 1, name="conv_pw")(x)
@@ -208,7 +217,7 @@ class MobileBlock(nn.Module):
             mid = make_divisible(in_chs * a.exp_ratio)
             x = self.conv(mid, 1, name="conv_pw")(x)
             x = act(self.norm(name="bn1")(x, train=train))
-            x = self.conv(mid, k, s, groups=mid, name="conv_dw")(x)
+            x = self.dw_conv(k, s, name="conv_dw")(x)
             x = act(self.norm(name="bn2")(x, train=train))
             x = self._se(x)
             x = self.conv(self.out_chs, 1, name="conv_pwl")(x)
@@ -264,6 +273,8 @@ class EfficientNet(nn.Module):
             (MobileNet v3) instead of ``round(block_in * ratio)`` (EfficientNet).
         se_act: SE activation (default: the block's); se_gate: its gate.
         padding: ``''`` torch's symmetric padding; ``'same'`` TF 'SAME' (``tf_*`` weights).
+        depthwise_impl: how depthwise convs run (:class:`~flaxcnn.layers.DepthwiseConv2d`):
+            ``'auto'`` shifted slices on CPU, where XLA's grouped conv is slow, else ``lax``.
         bn_eps, bn_momentum: BatchNorm settings (torch momentum convention).
         drop_rate: dropout before the classifier; drop_path_rate: stochastic depth,
             growing linearly over the blocks (block i of n gets ``rate * i / n``).
@@ -286,6 +297,7 @@ class EfficientNet(nn.Module):
     se_act: str | None = None
     se_gate: str = "sigmoid"
     padding: str = ""
+    depthwise_impl: str = "auto"
     bn_eps: float = 1e-5
     bn_momentum: float = 0.1
     drop_rate: float = 0.0
@@ -331,6 +343,18 @@ class EfficientNet(nn.Module):
                 name=name,
             )
 
+        def dw_conv(kernel, stride, *, name):
+            return DepthwiseConv2d(
+                kernel,
+                stride,
+                padding="same" if same else kernel // 2,
+                use_bias=False,
+                impl=self.depthwise_impl,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name=name,
+            )
+
         norm = partial(
             BatchNorm2d,
             eps=self.bn_eps,
@@ -360,6 +384,7 @@ class EfficientNet(nn.Module):
                     se_act=self.se_act,
                     se_gate=self.se_gate,
                     conv=conv,
+                    dw_conv=dw_conv,
                     norm=norm,
                     drop_path=self.drop_path_rate * idx / total,
                     dtype=self.dtype,
