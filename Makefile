@@ -1,5 +1,5 @@
 # Two entry points on a fresh machine (each creates .venv and installs what it needs):
-#   make demo   - the main job (until the training job lands: convert + verify ResNet-50)
+#   make demo   - the main job: train LeNet-5 on the embedded digits (CPU, offline, < 2 min)
 #   make test   - lint, format check and the whole test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,11 +9,11 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
-	$(PIP) install -c constraints.txt -e '.[convert,test]'
+	$(PIP) install -c constraints.txt -e '.[convert,train,bench,test]'
 	touch $@
 
 demo: $(VENV)/.installed
-	$(PY) -m flaxcnn.convert verify resnet50 --source torchvision
+	$(PY) -m flaxcnn.train --config train/configs/digits_lenet.py
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -9,13 +9,13 @@ default; :func:`verify` proves numerical equivalence against the torch model.
 torch is imported only when a function here needs it.
 """
 
+from . import efficientnet, resnet  # noqa: F401  (register the families' rules and hooks)
 from .api import from_torch, load_torch_weights, read_state_dict
 from .checkpoint import load_checkpoint
 from .core import ConversionReport, Rules, convert_state_dict, register_rules, torch_key_to_flax
 from .errors import CheckpointError, ConversionError
+from .export import to_torch
 from .verify import VerifyResult, register_verify_hook, verify
-
-from . import efficientnet, resnet  # noqa: E402,F401  (register the families' rules and hooks)
 
 __all__ = [
     "CheckpointError",
@@ -30,6 +30,7 @@ __all__ = [
     "read_state_dict",
     "register_verify_hook",
     "register_rules",
+    "to_torch",
     "torch_key_to_flax",
     "verify",
 ]

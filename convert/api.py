@@ -14,14 +14,7 @@ from flax import traverse_util
 
 from .._registry import SOURCES, ModelSpec, find_by_source
 from .checkpoint import load_checkpoint, to_numpy_state_dict
-from .core import (
-    ConversionReport,
-    Rules,
-    convert_state_dict,
-    get_rules,
-    rename_key,
-    variable_shapes,
-)
+from .core import ConversionReport, Rules, convert_state_dict, get_rules, variable_shapes
 
 __all__ = ["from_torch", "load_torch_weights", "read_state_dict"]
 
@@ -38,10 +31,10 @@ def _config_from_weights(
 ) -> dict[str, Any]:
     """``num_classes`` and ``in_chans`` as the weights have them.
 
-    ``spec.classifier`` and ``spec.first_conv`` are names after the family's renames, so
-    one spec serves sources that name those layers differently.
+    ``spec.classifier``/``spec.first_conv`` are torch names in the family's canonical
+    naming, so the source's keys are renamed by its rules first.
     """
-    sd = {rename_key(k, rules): v for k, v in sd.items()}
+    sd = {rules.rename(k): v for k, v in sd.items()}
     cfg: dict[str, Any] = {}
     fields = spec.fields
     head = f"{spec.classifier}.weight" if spec.classifier else None
@@ -94,11 +87,11 @@ def load_torch_weights(
 
 
 def _spec_of(module: nn.Module) -> ModelSpec | None:
-    # A module built from the registry carries the family's rules; find them by class and,
-    # where one class serves several families (EfficientNet, MobileNet), by the variant
-    # whose config the module matches best.
+    # A module built from the registry carries the family's rules; find them by class.
     from .._registry import _REGISTRY
 
+    # Where one class serves several families (EfficientNet, MobileNet), the variant whose
+    # config the module matches best.
     def matches(spec: ModelSpec) -> int:
         return sum(getattr(module, k, None) == v for k, v in spec.config.items())
 
@@ -138,8 +131,7 @@ def from_torch(
     rules = get_rules(spec.family, source)
     cfg = {**_config_from_weights(spec, sd, rules), **overrides}
     module = spec.build(**cfg)
-    shape = _input_shape(module, spec)
-    shapes = variable_shapes(module, shape)
+    shapes = variable_shapes(module, _input_shape(module, spec))
     variables, report = convert_state_dict(sd, shapes, rules, strict=strict)
     if strict:
         return module, variables

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -29,9 +29,10 @@ __all__ = [
     "ConversionReport",
     "Rules",
     "convert_state_dict",
+    "default_transform",
     "get_rules",
+    "leaves_by_module",
     "register_rules",
-    "rename_key",
     "torch_key_to_flax",
     "variable_shapes",
 ]
@@ -48,17 +49,38 @@ class Rules:
 
     Attributes:
         renames: ``(regex, replacement)`` pairs applied in order to each torch key
-            (``re.sub``), e.g. ``(r"^features\\.", "backbone.")``; a replacement may be a
-            function of the match, as ``re.sub`` allows (for index arithmetic).
+            (``re.sub``), e.g. ``(r"^features\\.", "backbone.")``.
         ignore: regexes of torch keys that have no Flax counterpart by design
             (e.g. buffers that the Flax model computes on the fly).
-        transforms: ``(regex on the '/'-joined Flax path, fn)`` pairs; ``fn`` maps the
-            torch array to the Flax layout, replacing the default transpose.
+        transforms: ``(regex on the '/'-joined Flax path, fn[, inverse])``; ``fn`` maps the
+            torch array to the Flax layout, replacing the default transpose, and the
+            optional ``inverse`` maps it back (needed by :func:`flaxcnn.convert.to_torch`).
     """
 
-    renames: Sequence[tuple[str, str | Callable[[re.Match[str]], str]]] = ()
+    renames: Sequence[tuple[str, str]] = ()
     ignore: Sequence[str] = ()
-    transforms: Sequence[tuple[str, Callable[[np.ndarray], np.ndarray]]] = ()
+    transforms: Sequence[tuple] = ()
+
+    def transform_for(self, flax_path: str) -> tuple | None:
+        """The first ``transforms`` entry whose regex matches ``flax_path``."""
+        return next((t for t in self.transforms if re.search(t[0], flax_path)), None)
+
+    def ignores(self, key: str) -> bool:
+        return key.rsplit(".", 1)[-1] in _DROPPED or any(re.search(p, key) for p in self.ignore)
+
+    def rename(self, key: str) -> str:
+        """A torch key in the family's canonical (Flax-side) torch naming."""
+        for pat, rep in self.renames:
+            key = re.sub(pat, rep, key)
+        return key
+
+    def target(self, key: str, leaves_at: Mapping[tuple[str, FlaxPath], set[str]]) -> FlaxPath:
+        """The Flax variable ``(collection, *path, leaf)`` a torch ``key`` maps to."""
+        coll, path, leaf = torch_key_to_flax(self.rename(key))
+        if leaf == "weight":
+            have = leaves_at.get((coll, path), set())
+            leaf = next((c for c in ("kernel", "scale", "embedding") if c in have), "kernel")
+        return (coll, *path, leaf)
 
 
 _RULES: dict[tuple[str, str | None], Rules] = {}
@@ -70,13 +92,6 @@ def register_rules(family: str, rules: Rules, *, source: str | None = None) -> N
     if key in _RULES:
         raise ValueError(f"conversion rules for {key} are already registered")
     _RULES[key] = rules
-
-
-def rename_key(key: str, rules: Rules) -> str:
-    """A torch key after the family's ``renames`` (before the generic mapping)."""
-    for pat, rep in rules.renames:
-        key = re.sub(pat, rep, key)
-    return key
 
 
 def get_rules(family: str | None, source: str | None = None) -> Rules:
@@ -92,26 +107,45 @@ class ConversionReport:
     unexpected: list[str] = dataclasses.field(default_factory=list)
     mismatched: list[str] = dataclasses.field(default_factory=list)
     mapping: dict[str, FlaxPath] = dataclasses.field(default_factory=dict)
+    direction: str = "torch->flax"
 
     @property
     def ok(self) -> bool:
         return not (self.missing or self.unexpected or self.mismatched)
 
+    def one_line(self) -> str:
+        """``'3 missing, 1 unexpected, 0 mis-shaped (first: ...)'``."""
+        first = (self.missing + self.unexpected + self.mismatched or ["-"])[0]
+        return (
+            f"{len(self.missing)} missing, {len(self.unexpected)} unexpected, "
+            f"{len(self.mismatched)} mis-shaped tensors (first: {first})"
+        )
+
     def __str__(self) -> str:
         if self.ok:
             return f"all {len(self.mapping)} tensors converted"
         parts = []
+        src, dst = ("torch key", "Flax variable")[:: 1 if self.direction == "torch->flax" else -1]
         for title, items in (
-            ("missing (Flax variables no torch key fills)", self.missing),
-            ("unexpected (torch keys with no Flax variable)", self.unexpected),
+            (f"missing ({dst}s no {src} fills)", self.missing),
+            (f"unexpected ({src}s with no {dst})", self.unexpected),
             ("shape mismatch", self.mismatched),
         ):
-            shown = "\n    ".join(items[:25]) + (f"\n    ... and {len(items) - 25} more" if len(items) > 25 else "")
+            shown = "\n    ".join(items[:25]) + (
+                f"\n    ... and {len(items) - 25} more" if len(items) > 25 else ""
+            )
             parts.append(f"  {title}: {len(items)}" + (f"\n    {shown}" if items else ""))
-        return "weights do not fit the model:\n" + "\n".join(parts)
+        what = (
+            "weights do not fit the model"
+            if self.direction == "torch->flax"
+            else "variables do not fit the torch model"
+        )
+        return f"{what}:\n" + "\n".join(parts)
 
 
-def variable_shapes(module: Any, input_shape: Sequence[int]) -> dict[FlaxPath, jax.ShapeDtypeStruct]:
+def variable_shapes(
+    module: Any, input_shape: Sequence[int]
+) -> dict[FlaxPath, jax.ShapeDtypeStruct]:
     """Flattened ``{(collection, *path): ShapeDtypeStruct}`` of ``module``, without computing."""
     shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros(input_shape, jnp.float32))
     return traverse_util.flatten_dict(dict(shapes))
@@ -135,16 +169,23 @@ def torch_key_to_flax(key: str) -> tuple[str, FlaxPath, str]:
     return "params", tuple(path), leaf
 
 
-def _default_transform(leaf: str, a: np.ndarray) -> np.ndarray:
-    if leaf != "kernel":
+_KERNEL_PERM = {4: (2, 3, 1, 0), 3: (2, 1, 0), 2: (1, 0)}  # conv2d OIHW->HWIO, conv1d, linear
+
+
+def default_transform(leaf: str, a: np.ndarray, *, inverse: bool = False) -> np.ndarray:
+    """Torch layout -> Flax layout (or back): kernels are transposed, everything else is as is."""
+    if leaf != "kernel" or a.ndim not in _KERNEL_PERM:
         return a
-    if a.ndim == 4:  # conv OIHW -> HWIO
-        return a.transpose(2, 3, 1, 0)
-    if a.ndim == 3:  # conv1d OIW -> WIO
-        return a.transpose(2, 1, 0)
-    if a.ndim == 2:  # linear (out, in) -> (in, out)
-        return a.T
-    return a
+    perm = _KERNEL_PERM[a.ndim]
+    return a.transpose(np.argsort(perm) if inverse else perm)
+
+
+def leaves_by_module(paths) -> dict[tuple[str, FlaxPath], set[str]]:
+    """``{(collection, module path): {leaf names}}`` of flattened Flax variable paths."""
+    out: dict[tuple[str, FlaxPath], set[str]] = {}
+    for coll, *path, leaf in paths:
+        out.setdefault((coll, tuple(path)), set()).add(leaf)
+    return out
 
 
 def convert_state_dict(
@@ -161,27 +202,21 @@ def convert_state_dict(
     Without it, the variables hold what did convert (callers fill the rest).
     """
     report = ConversionReport()
-    leaves_at: dict[tuple[str, FlaxPath], set[str]] = {}
-    for coll, *path, leaf in shapes:
-        leaves_at.setdefault((coll, tuple(path)), set()).add(leaf)
+    leaves_at = leaves_by_module(shapes)
 
     flat: dict[FlaxPath, jax.Array] = {}
     for key in sorted(state_dict):
-        if key.rsplit(".", 1)[-1] in _DROPPED or any(re.search(p, key) for p in rules.ignore):
+        if rules.ignores(key):
             continue
-        coll, path, leaf = torch_key_to_flax(rename_key(key, rules))
-        have = leaves_at.get((coll, path), set())
-        if leaf == "weight":
-            leaf = next((c for c in ("kernel", "scale", "embedding") if c in have), "kernel")
-        target = (coll, *path, leaf)
+        target = rules.target(key, leaves_at)
         report.mapping[key] = target
         joined = "/".join(target)
         if target not in shapes:
             report.unexpected.append(f"{key} (-> {joined})")
             continue
         arr = np.asarray(state_dict[key])
-        fn = next((f for p, f in rules.transforms if re.search(p, joined)), None)
-        arr = fn(arr) if fn is not None else _default_transform(leaf, arr)
+        custom = rules.transform_for(joined)
+        arr = custom[1](arr) if custom else default_transform(target[-1], arr)
         want = shapes[target]
         if tuple(arr.shape) != tuple(want.shape):
             report.mismatched.append(
@@ -190,7 +225,9 @@ def convert_state_dict(
             continue
         flat[target] = jnp.array(arr, dtype=want.dtype)  # a copy: never alias torch memory
 
-    report.missing = sorted("/".join(p) for p in shapes if p not in flat and p not in _mismatched_targets(report))
+    report.missing = sorted(
+        "/".join(p) for p in shapes if p not in flat and p not in _mismatched_targets(report)
+    )
     if strict and not report.ok:
         raise ConversionError(str(report), report)
     return traverse_util.unflatten_dict(flat), report

@@ -108,7 +108,13 @@ def _mobilenet_v3_rules() -> Rules:
             (r"^classifier\.0\.", "conv_head."),
             (r"^classifier\.3\.", "classifier."),
         ],
-        transforms=[(r"^params/conv_head/kernel$", lambda a: np.asarray(a).T[None, None])],
+        transforms=[
+            (
+                r"^params/conv_head/kernel$",
+                lambda a: np.asarray(a).T[None, None],  # Linear (out, in) -> 1x1 conv HWIO
+                lambda k: np.asarray(k)[0, 0].T,  # and back, for export
+            )
+        ],
     )
 
 

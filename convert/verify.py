@@ -9,7 +9,10 @@ identity statistics), converts it, and compares in float32 on CPU:
 * at the model's default size and at an odd, non-square size,
 * outputs within ``max|Δ| <= rtol * max(1, max|ref|)`` (rtol 1e-4),
 * in train mode the updated running statistics within 1e-5 relative,
-* parameter counts exactly equal.
+* parameter counts exactly equal;
+* export back: the converted variables, perturbed as training would, go through
+  :func:`flaxcnn.convert.to_torch` into the torch model (``strict=True``), whose eval
+  output then matches the Flax output within the same bound.
 
 Deep residual networks at random initialisation are chaotic in train mode: BN on
 batch statistics amplifies rounding error exponentially with depth (Yang et al.,
@@ -99,7 +102,8 @@ class VerifyResult:
     def __str__(self) -> str:
         head = (
             f"{self.source}:{self.name} -> flaxcnn {self.flax_name}: params torch {self.torch_params:,} "
-            f"flax {self.flax_params:,}" + ("" if self.torch_params == self.flax_params else "  FAIL")
+            f"flax {self.flax_params:,}"
+            + ("" if self.torch_params == self.flax_params else "  FAIL")
         )
         return "\n".join([head, *("  " + str(c) for c in self.checks)])
 
@@ -173,8 +177,14 @@ def verify(
     rtol: float = 1e-4,
     stats_rtol: float = 1e-5,
     torch_kwargs: dict[str, Any] | None = None,
+    overrides: dict[str, Any] | None = None,
+    export: bool = True,
 ) -> VerifyResult:
-    """Compare the torch model ``name`` from ``source`` with its conversion (see module doc)."""
+    """Compare the torch model ``name`` from ``source`` with its conversion (see module doc).
+
+    ``torch_kwargs`` go to the torch constructor and ``overrides`` to the flaxcnn module,
+    for options both libraries have (e.g. dilated ResNets).
+    """
     import torch
 
     spec = find_by_source(source, name)
@@ -188,7 +198,7 @@ def verify(
 
     # Stochastic regularisers off, so train mode is deterministic on both sides.
     no_drop = {f: 0.0 for f in ("drop_rate", "drop_path_rate") if f in spec.fields}
-    module, variables = from_torch(name, tmodel, source=source, **no_drop)
+    module, variables = from_torch(name, tmodel, source=source, **{**no_drop, **(overrides or {})})
     _, report = _mapping(module, tmodel, source, spec)
 
     torch_params = sum(p.numel() for p in tmodel.parameters())
@@ -219,20 +229,61 @@ def verify(
             got = _outputs(out)
             if len(got) != len(ref):
                 raise AssertionError(f"{name}: torch returned {len(ref)} outputs, flax {len(got)}")
-            diff = max(float(np.max(np.abs(g - r))) if r.size else 0.0 for g, r in zip(got, ref, strict=True))
+            diff = max(
+                float(np.max(np.abs(g - r))) if r.size else 0.0
+                for g, r in zip(got, ref, strict=True)
+            )
             ref_max = max(float(np.max(np.abs(r))) if r.size else 0.0 for r in ref)
             check = CheckResult(mode, size, diff, ref_max, rtol * max(1.0, ref_max))
             if train and new_state is not None:
                 check.stats_max_rel_diff = _stats_diff(tmodel, new_state, report)
                 check.stats_bound = stats_rtol
             checks.append(check)
+    if export:
+        checks.append(_export_check(name, source, module, variables, tmodel, sizes[-1], rtol, rng))
     tmodel.load_state_dict(initial_state)
     return VerifyResult(source, name, spec.name, torch_params, flax_params, checks)
 
 
+def _perturbed(variables, seed: int = 0):
+    """Variables moved away from the torch values, as training in JAX would move them."""
+    leaves, treedef = jax.tree.flatten(variables)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    moved = [
+        a * (1 + 0.05 * jax.random.normal(k, a.shape)) + (0.02 if a.ndim == 1 else 0.0)
+        for a, k in zip(leaves, keys, strict=True)
+    ]
+    out = jax.tree.unflatten(treedef, moved)
+    if "batch_stats" in out:  # keep variances positive
+        out["batch_stats"] = jax.tree.map(jnp.abs, out["batch_stats"])
+    return out
+
+
+def _export_check(name, source, module, variables, tmodel, size, rtol, rng) -> CheckResult:
+    import torch
+
+    from .export import to_torch
+
+    trained = _perturbed(variables)
+    sd = to_torch(name, trained, source=source, reference=tmodel.state_dict())
+    tmodel.load_state_dict(sd, strict=True)
+    tmodel.eval()
+    x = rng.standard_normal((1, module_channels(module), *size), dtype=np.float32)
+    with torch.no_grad():
+        ref = _outputs(tmodel(torch.from_numpy(x)))
+    got = _outputs(module.apply(trained, jnp.asarray(x.transpose(0, 2, 3, 1))))
+    diff = max(float(np.max(np.abs(g - r))) for g, r in zip(got, ref, strict=True))
+    ref_max = max(float(np.max(np.abs(r))) for r in ref)
+    return CheckResult("export", size, diff, ref_max, rtol * max(1.0, ref_max))
+
+
+def module_channels(module) -> int:
+    return getattr(module, "in_chans", 3)
+
+
 def _mapping(module, tmodel, source, spec):
-    from .core import ConversionReport, convert_state_dict, get_rules, variable_shapes
     from .api import _input_shape, read_state_dict
+    from .core import ConversionReport, convert_state_dict, get_rules, variable_shapes
 
     shapes = variable_shapes(module, _input_shape(module, spec))
     sd = read_state_dict(tmodel)

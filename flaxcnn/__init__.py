@@ -17,6 +17,7 @@ from ._registry import (
     list_models,
     register_model,
 )
+from .pretrained import get_pretrained_cfg, list_pretrained
 
 __version__ = "0.1.0"
 
@@ -26,8 +27,10 @@ __all__ = [
     "create_model",
     "find_by_source",
     "get_model_spec",
+    "get_pretrained_cfg",
     "layers",
     "list_models",
+    "list_pretrained",
     "models",
     "register_model",
 ]

@@ -45,8 +45,9 @@ class ModelSpec:
         family: the family module it lives in (``'resnet'``).
         sources: torch library -> that library's name for the same architecture.
         input_size: default ``(H, W, C)``.
-        classifier: torch name of the final linear layer (``num_classes`` is read from it).
-        first_conv: torch name of the first conv (``in_chans`` is read from it).
+        classifier: torch name of the final linear layer (``num_classes`` is read from it),
+            in the family's canonical naming (the one its Flax names mirror).
+        first_conv: torch name of the first conv (``in_chans`` is read from it), likewise.
         paper: the reference, for docs.
         min_size: smallest input side the architecture accepts (tests use max(64, this)).
     """
@@ -140,7 +141,11 @@ def register_model(
         f"{cls.__name__}({settings}): the ``{name}`` variant.\n\n"
         f"Keyword arguments override any field of :class:`{cls.__name__}` "
         f"({', '.join(spec.fields)}).\n"
-        + (f"Converts from: {', '.join(f'{s} {n!r}' for s, n in sources.items())}.\n" if sources else "")
+        + (
+            f"Converts from: {', '.join(f'{s} {n!r}' for s, n in sources.items())}.\n"
+            if sources
+            else ""
+        )
         + (f"\nReference: {paper}\n" if paper else "")
     )
     constructor.spec = spec  # type: ignore[attr-defined]
@@ -167,12 +172,22 @@ def get_model_spec(name: str) -> ModelSpec:
         raise _unknown(name, list(_REGISTRY)) from None
 
 
-def create_model(name: str, **overrides: Any) -> nn.Module:
+def create_model(name: str, *, pretrained: Any = False, **overrides: Any) -> Any:
     """Build a registered model: ``create_model('resnet50', num_classes=10)``.
 
     ``overrides`` may set any field of the family's module class; anything else
     raises ``TypeError`` naming the accepted fields.
+
+    With ``pretrained`` (``True``, a weight tag such as ``'IMAGENET1K_V2'`` or
+    ``'a1_in1k'``, or a local checkpoint path), or a tagged name
+    (``'resnet50.a1_in1k'``), returns ``(module, variables)`` holding converted
+    weights; see :func:`flaxcnn.pretrained.load_pretrained` (``num_classes`` and
+    ``in_chans`` then adapt the head and the first conv).
     """
+    if pretrained or "." in name:
+        from .pretrained import load_pretrained
+
+        return load_pretrained(name, pretrained or True, **overrides)
     return get_model_spec(name).build(**overrides)
 
 

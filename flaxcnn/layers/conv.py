@@ -59,7 +59,10 @@ class Conv2d(nn.Module):
             )
         kh, kw = pair(self.kernel_size)
         kernel = self.param(
-            "kernel", self.kernel_init, (kh, kw, in_ch // self.groups, self.features), self.param_dtype
+            "kernel",
+            self.kernel_init,
+            (kh, kw, in_ch // self.groups, self.features),
+            self.param_dtype,
         )
         dtype = self.dtype or jnp.result_type(x.dtype, self.param_dtype)
         y = lax.conv_general_dilated(

@@ -49,9 +49,7 @@ class BatchNorm2d(nn.Module):
         ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
         scale = (
-            self.param("scale", self.scale_init, (c,), self.param_dtype)
-            if self.use_scale
-            else None
+            self.param("scale", self.scale_init, (c,), self.param_dtype) if self.use_scale else None
         )
         bias = self.param("bias", self.bias_init, (c,), self.param_dtype) if self.use_bias else None
 

@@ -38,7 +38,9 @@ def _window_padding(
     pads = []
     for size, k, s, p, d in zip(hw, kernel, stride, padding, dilation, strict=True):
         if p > (d * (k - 1) + 1) // 2:
-            raise ValueError(f"pad should be at most half of effective kernel size, got pad={p}, kernel={k}")
+            raise ValueError(
+                f"pad should be at most half of effective kernel size, got pad={p}, kernel={k}"
+            )
         out = pool_output_size(size, k, s, p, d, ceil_mode)
         needed = (out - 1) * s + d * (k - 1) + 1  # extent the windows cover
         pads.append((p, max(needed - size - p, 0)))
@@ -61,7 +63,9 @@ def max_pool2d(
     init = -jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
     return lax.reduce_window(
         x,
-        jnp.array(init, x.dtype),
+        np.array(
+            init, x.dtype
+        ),  # a concrete init lets JAX pick the differentiable max-pool primitive
         lax.max,
         (1, *k, 1),
         (1, *s, 1),
@@ -91,7 +95,7 @@ def avg_pool2d(
     hw = tuple(x.shape[1:3])
     pads = _window_padding(hw, k, s, p, (1, 1), ceil_mode)
     cfg = [(0, 0), *pads, (0, 0)]
-    summed = lax.reduce_window(x, jnp.array(0, x.dtype), lax.add, (1, *k, 1), (1, *s, 1), cfg)
+    summed = lax.reduce_window(x, np.array(0, x.dtype), lax.add, (1, *k, 1), (1, *s, 1), cfg)
     if divisor_override is not None:
         return summed / divisor_override
     # The divisor is data independent: compute it once, on the host, per axis.
@@ -150,7 +154,9 @@ def adaptive_max_pool2d(x: jax.Array, output_size: int | Sequence[int]) -> jax.A
 
 def global_avg_pool(x: jax.Array, keepdims: bool = False) -> jax.Array:
     """Mean over H and W (accumulated in float32 for low-precision inputs)."""
-    return jnp.mean(x, axis=(1, 2), keepdims=keepdims, dtype=jnp.promote_types(x.dtype, jnp.float32)).astype(x.dtype)
+    return jnp.mean(
+        x, axis=(1, 2), keepdims=keepdims, dtype=jnp.promote_types(x.dtype, jnp.float32)
+    ).astype(x.dtype)
 
 
 def global_max_pool(x: jax.Array, keepdims: bool = False) -> jax.Array:

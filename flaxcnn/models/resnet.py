@@ -55,7 +55,11 @@ class BasicBlock(nn.Module):
             raise ValueError("BasicBlock only supports groups=1 and width_per_group=64")
         if self.dilation > 1:
             raise ValueError("BasicBlock does not support dilation > 1 (as in torchvision)")
-        last_norm = partial(self.norm, scale_init=nn.initializers.zeros) if self.zero_init_last else self.norm
+        last_norm = (
+            partial(self.norm, scale_init=nn.initializers.zeros)
+            if self.zero_init_last
+            else self.norm
+        )
         out = self.conv(self.planes, 3, self.stride, padding=1, name="conv1")(x)
         out = nn.relu(self.norm(name="bn1")(out, train=train))
         out = self.conv(self.planes, 3, padding=1, name="conv2")(out)
@@ -89,7 +93,11 @@ class Bottleneck(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         width = int(self.planes * (self.base_width / 64.0)) * self.groups
         out_ch = self.planes * self.expansion
-        last_norm = partial(self.norm, scale_init=nn.initializers.zeros) if self.zero_init_last else self.norm
+        last_norm = (
+            partial(self.norm, scale_init=nn.initializers.zeros)
+            if self.zero_init_last
+            else self.norm
+        )
         out = self.conv(width, 1, name="conv1")(x)
         out = nn.relu(self.norm(name="bn1")(out, train=train))
         out = self.conv(
@@ -177,7 +185,9 @@ class ResNet(nn.Module):
             if i > 0 and not self.replace_stride_with_dilation[i - 1]:
                 r *= 2
             red.append(r)
-        info = [dict(num_chs=c, reduction=r, module=m) for c, r, m in zip(chans, red, mods, strict=True)]
+        info = [
+            dict(num_chs=c, reduction=r, module=m) for c, r, m in zip(chans, red, mods, strict=True)
+        ]
         return [info[i] for i in self.out_indices]
 
     @nn.compact
@@ -203,7 +213,9 @@ class ResNet(nn.Module):
         if self.stem_type not in STEMS:
             raise ValueError(f"stem_type must be one of {STEMS}, got {self.stem_type!r}")
         cifar = self.stem_type == "cifar"
-        x = conv(64, 3 if cifar else 7, 1 if cifar else 2, padding=1 if cifar else 3, name="conv1")(x)
+        x = conv(64, 3 if cifar else 7, 1 if cifar else 2, padding=1 if cifar else 3, name="conv1")(
+            x
+        )
         x = nn.relu(norm(name="bn1")(x, train=train))
         feats = [x]
         if not cifar:
@@ -243,7 +255,9 @@ class ResNet(nn.Module):
         if self.num_classes == 0:
             return x
         x = nn.Dropout(self.drop_rate, deterministic=not train or self.drop_rate == 0.0)(x)
-        return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(x)
+        return nn.Dense(
+            self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="fc"
+        )(x)
 
 
 _TV_PAPER = {
@@ -272,15 +286,32 @@ ResNet50 = _variant("resnet50", "ResNet50", "resnet", stage_sizes=(3, 4, 6, 3))
 ResNet101 = _variant("resnet101", "ResNet101", "resnet", stage_sizes=(3, 4, 23, 3))
 ResNet152 = _variant("resnet152", "ResNet152", "resnet", stage_sizes=(3, 8, 36, 3))
 ResNeXt50_32x4d = _variant(
-    "resnext50_32x4d", "ResNeXt50_32x4d", "resnext", stage_sizes=(3, 4, 6, 3), groups=32, width_per_group=4
+    "resnext50_32x4d",
+    "ResNeXt50_32x4d",
+    "resnext",
+    stage_sizes=(3, 4, 6, 3),
+    groups=32,
+    width_per_group=4,
 )
 ResNeXt101_32x8d = _variant(
-    "resnext101_32x8d", "ResNeXt101_32x8d", "resnext", stage_sizes=(3, 4, 23, 3), groups=32, width_per_group=8
+    "resnext101_32x8d",
+    "ResNeXt101_32x8d",
+    "resnext",
+    stage_sizes=(3, 4, 23, 3),
+    groups=32,
+    width_per_group=8,
 )
 ResNeXt101_64x4d = _variant(
-    "resnext101_64x4d", "ResNeXt101_64x4d", "resnext", stage_sizes=(3, 4, 23, 3), groups=64, width_per_group=4
+    "resnext101_64x4d",
+    "ResNeXt101_64x4d",
+    "resnext",
+    stage_sizes=(3, 4, 23, 3),
+    groups=64,
+    width_per_group=4,
 )
-WideResNet50_2 = _variant("wide_resnet50_2", "WideResNet50_2", "wide", stage_sizes=(3, 4, 6, 3), width_per_group=128)
+WideResNet50_2 = _variant(
+    "wide_resnet50_2", "WideResNet50_2", "wide", stage_sizes=(3, 4, 6, 3), width_per_group=128
+)
 WideResNet101_2 = _variant(
     "wide_resnet101_2", "WideResNet101_2", "wide", stage_sizes=(3, 4, 23, 3), width_per_group=128
 )

@@ -1,5 +1,6 @@
 """The heart of the suite: every (source, model) pair the registry claims is numerically
-equivalent to the torch model it converts from (see flaxcnn.convert.verify)."""
+equivalent to the torch model it converts from, and exports back to it
+(see flaxcnn.convert.verify)."""
 
 import pytest
 
@@ -18,5 +19,6 @@ def test_equivalent_to_torch(source, name):
     result = verify(name, source=source)
     print(result)
     assert result.torch_params == result.flax_params, str(result)
-    assert len(result.checks) == 4  # eval/train x default/odd non-square size
+    # eval/train x default/odd non-square size, and the export back to torch
+    assert [c.mode for c in result.checks] == ["eval", "eval", "train", "train", "export"]
     assert result.ok, str(result)

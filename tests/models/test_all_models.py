@@ -1,7 +1,8 @@
-"""Checks every registered model gets the moment it is registered.
+"""Checks every registered model gets the moment it is registered: bad input, init,
+eval and train mode, state handling, a jitted gradient, bf16 compute.
 
-One test per model shares one initialisation (compiling a large model's init
-dominates the cost on CPU).
+One test per model shares one initialisation (compiling a large model dominates the
+cost on CPU).
 """
 
 import jax
@@ -30,8 +31,8 @@ def test_model_contract(name):
     assert set(variables) <= {"params", "batch_stats"}
     assert {a.dtype for a in jax.tree.leaves(variables)} == {jnp.dtype("float32")}
 
-    # Eval (the default) under jit: right shape, finite.
-    out = jax.jit(model.apply)(variables, x)
+    # Eval (the default): right shape, finite.
+    out = model.apply(variables, x)
     assert out.shape == (2, 7)
     assert np.isfinite(np.asarray(out)).all()
 
@@ -52,6 +53,24 @@ def test_model_contract(name):
             lambda a, b: bool(np.any(a != b)), new_state["batch_stats"], variables["batch_stats"]
         )
         assert all(jax.tree.leaves(changed)), "train mode should update every running statistic"
+
+    # A jitted training gradient: finite, and every parameter receives one.
+    def loss(params, batch_stats):
+        logits, _ = model.apply(
+            {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})},
+            x,
+            train=True,
+            mutable=["batch_stats"],
+            rngs={"dropout": jax.random.key(3)},
+        )
+        logits = logits[0] if isinstance(logits, (tuple, list)) else logits
+        return jnp.mean(jax.nn.log_softmax(logits)[:, 0])
+
+    grads = jax.jit(jax.grad(loss))(variables["params"], variables.get("batch_stats", {}))
+    flat = jax.tree.leaves_with_path(grads)
+    assert all(np.isfinite(np.asarray(g)).all() for _, g in flat)
+    dead = [jax.tree_util.keystr(p) for p, g in flat if not np.any(np.asarray(g))]
+    assert not dead, f"parameters with an all-zero gradient: {dead[:5]}"
 
     # bf16 compute with the same float32 variables; output in bf16, close to float32.
     model16 = flaxcnn.create_model(name, num_classes=7, dtype=jnp.bfloat16)

@@ -1,0 +1,129 @@
+"""Generate ``flaxcnn/_data/pretrained_cfgs.json`` from the installed torchvision and timm.
+
+Each registered model gets one entry per weight tag its sources publish: torchvision's
+weights enums (``IMAGENET1K_V2``...) and timm's pretrained tags (``a1_in1k``...), with
+what is needed to fetch, preprocess and describe them. Shipping the table as data means
+``flaxcnn`` can list and describe weights without importing torch; a test regenerates it
+and compares, so it cannot drift from the libraries.
+
+Run ``python -m flaxcnn.convert meta --write`` after registering models.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import flaxcnn
+
+__all__ = ["PRETRAINED_JSON", "generate", "write"]
+
+PRETRAINED_JSON = Path(flaxcnn.__file__).parent / "_data" / "pretrained_cfgs.json"
+
+
+def _torchvision_entries(name: str, src_name: str) -> list[dict[str, Any]]:
+    from torchvision.models import get_model_weights
+
+    try:
+        enum = get_model_weights(src_name)
+    except (ValueError, KeyError):
+        return []
+    default = enum.DEFAULT if hasattr(enum, "DEFAULT") else None
+    out = []
+    for w in enum:
+        tf = w.transforms
+        defaults = {
+            k: p.default
+            for k, p in inspect.signature(tf.func).parameters.items()
+            if p.default is not inspect.Parameter.empty
+        }
+        kw = {**defaults, **tf.keywords}
+        crop, resize = int(kw["crop_size"]), int(kw["resize_size"])
+        metrics = w.meta.get("_metrics", {}).get("ImageNet-1K", {})
+        out.append(
+            dict(
+                tag=w.name,
+                source="torchvision",
+                source_name=src_name,
+                source_tag=w.name,
+                default=w is default,
+                url=w.url,
+                hf_hub_id=None,
+                num_classes=len(w.meta["categories"]),
+                input_size=[crop, crop, 3],
+                resize_size=resize,
+                crop_pct=round(crop / resize, 4),
+                interpolation=str(kw["interpolation"].value),
+                mean=list(kw["mean"]),
+                std=list(kw["std"]),
+                top1=metrics.get("acc@1"),
+                top5=metrics.get("acc@5"),
+                license="BSD-3-Clause (torchvision); ImageNet terms of use apply",
+                recipe=w.meta.get("recipe"),
+            )
+        )
+    return out
+
+
+def _timm_entries(name: str, src_name: str) -> list[dict[str, Any]]:
+    import timm
+
+    out = []
+    tags = [
+        t.split(".", 1)[1]
+        for t in timm.list_pretrained(f"{src_name}.*")
+        if t.split(".", 1)[0] == src_name
+    ]
+    default_tag = timm.models.get_pretrained_cfg(src_name).tag if tags else None  # timm's default
+    for tag in tags:
+        c = timm.models.get_pretrained_cfg(f"{src_name}.{tag}")
+        if c is None or c.custom_load:
+            continue
+        _, h, w = c.input_size
+        crop_pct = c.crop_pct or 0.875
+        out.append(
+            dict(
+                tag=tag,
+                source="timm",
+                source_name=src_name,
+                source_tag=tag,
+                default=tag == default_tag,
+                url=c.url or None,
+                hf_hub_id=c.hf_hub_id or None,
+                num_classes=int(c.num_classes),
+                input_size=[h, w, 3],
+                resize_size=math.floor(min(h, w) / crop_pct),
+                crop_pct=crop_pct,
+                interpolation=c.interpolation or "bilinear",
+                mean=list(c.mean),
+                std=list(c.std),
+                top1=None,  # timm's results tables are not part of the package
+                top5=None,
+                license=c.license,
+                recipe=c.origin_url,
+            )
+        )
+    return out
+
+
+def generate() -> dict[str, list[dict[str, Any]]]:
+    """``{registry name: [entry, ...]}`` for every registered model with sources."""
+    table = {}
+    for name in flaxcnn.list_models():
+        spec = flaxcnn.get_model_spec(name)
+        entries = []
+        if "torchvision" in spec.sources:
+            entries += _torchvision_entries(name, spec.sources["torchvision"])
+        if "timm" in spec.sources:
+            entries += _timm_entries(name, spec.sources["timm"])
+        if entries:
+            table[name] = entries
+    return table
+
+
+def write(path: Path = PRETRAINED_JSON) -> Path:
+    path.write_text(json.dumps(generate(), indent=1, sort_keys=True) + "\n")
+    return path

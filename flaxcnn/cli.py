@@ -1,0 +1,182 @@
+"""The ``flaxcnn`` command: list, summary, convert, predict.
+
+Every failure (unknown model or tag, unreadable image, a file that is not a checkpoint
+or is for another architecture, missing weights offline) is one line on stderr and
+exit status 2, with nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+import flaxcnn
+
+__all__ = ["main"]
+
+
+class CliError(Exception):
+    """An error to report in one line."""
+
+
+def _cmd_list(args) -> None:
+    names = (
+        flaxcnn.list_pretrained(args.pattern)
+        if args.pretrained
+        else flaxcnn.list_models(args.pattern)
+    )
+    print("\n".join(names))
+
+
+def _cmd_summary(args) -> None:
+    from .summary import summary
+
+    print(summary(args.name, input_size=tuple(args.size) if args.size else None))
+
+
+def _load_torch(source: str, name: str, weights: str | None, checkpoint: str | None):
+    """The torch model with the requested weights (tag or file), for the parity check."""
+    from .convert import read_state_dict
+    from .convert.verify import build_torch_model
+
+    if checkpoint:
+        sd = read_state_dict(checkpoint)
+        head = flaxcnn.find_by_source(source, name).classifier
+        kwargs = (
+            {"num_classes": int(sd[f"{head}.weight"].shape[0])}
+            if head and f"{head}.weight" in sd
+            else {}
+        )
+        model = build_torch_model(name, source, **kwargs)
+        import torch
+
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=False)
+        return model, sd
+    spec = flaxcnn.find_by_source(source, name)
+    cfg = flaxcnn.get_pretrained_cfg(spec.name, weights or True)
+    if cfg.source != source:
+        raise CliError(f"weight tag {cfg.tag!r} is a {cfg.source} tag, not {source}")
+    from .pretrained import _fetch_state_dict
+
+    sd = _fetch_state_dict(cfg)
+    model = build_torch_model(name, source)
+    model.load_state_dict(sd)
+    return model, sd
+
+
+def _cmd_convert(args) -> None:
+    import jax.numpy as jnp
+    import torch
+
+    from .convert import from_torch
+    from .pretrained import save_converted
+
+    if ":" not in args.model:
+        raise CliError(f"expected <source>:<name>, e.g. torchvision:resnet50, got {args.model!r}")
+    source, name = args.model.split(":", 1)
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise CliError(f"{out} exists and is not empty (use --force to replace it)")
+    tmodel, sd = _load_torch(source, name, args.weights, args.checkpoint)
+    module, variables = from_torch(name, sd, source=source)
+    # Parity check with the real weights: one random image, eval mode.
+    h, w, c = flaxcnn.find_by_source(source, name).input_size
+    x = np.random.default_rng(0).standard_normal((1, c, h, w), dtype=np.float32)
+    with torch.no_grad():
+        ref = tmodel.eval()(torch.from_numpy(x)).numpy()
+    got = np.asarray(module.apply(variables, jnp.asarray(x.transpose(0, 2, 3, 1))))
+    diff, bound = float(np.abs(got - ref).max()), 1e-4 * max(1.0, float(np.abs(ref).max()))
+    spec = flaxcnn.find_by_source(source, name)
+    config = {k: getattr(module, k) for k in ("num_classes", "in_chans") if k in spec.fields}
+    tmp = Path(tempfile.mkdtemp(prefix=".flaxcnn-convert-"))
+    try:
+        save_converted(
+            tmp / "entry", spec.name, config, variables, {"source": source, "source_name": name}
+        )
+        if out.exists():
+            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(tmp / "entry"), out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"converted {source}:{name} -> {out} (flaxcnn {spec.name}, {config})")
+    print(f"parity: max|Δ|={diff:.3g} (bound {bound:.3g}) {'OK' if diff <= bound else 'MISMATCH'}")
+    if diff > bound:
+        raise CliError("the converted model does not match the torch model")
+
+
+def _cmd_predict(args) -> None:
+    import jax.numpy as jnp
+    from PIL import Image, UnidentifiedImageError
+
+    from .preprocess import decode_predictions, preprocess
+
+    images = []
+    for path in args.images:
+        try:
+            with Image.open(path) as im:
+                images.append(im.convert("RGB"))
+        except (OSError, UnidentifiedImageError) as e:
+            raise CliError(f"cannot read image {path}: {e}") from None
+    module, variables = flaxcnn.create_model(args.model, pretrained=args.pretrained or True)
+    tag = args.pretrained if args.pretrained else True
+    cfg = flaxcnn.get_pretrained_cfg(args.model, tag if "." not in args.model else None)
+    batch = jnp.asarray(np.stack([preprocess(im, cfg) for im in images]))
+    logits = module.apply(variables, batch)
+    for path, top in zip(args.images, decode_predictions(logits, k=args.top), strict=True):
+        print(path)
+        for i, label, p in top:
+            print(f"  {p:7.2%}  {i:4d}  {label}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="flaxcnn", description="flaxcnn model zoo")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("list", help="registered models (or pretrained weight tags)")
+    p.add_argument("pattern", nargs="?", default="*")
+    p.add_argument("--pretrained", action="store_true", help="list name.tag weight tags")
+    p.set_defaults(fn=_cmd_list)
+    p = sub.add_parser("summary", help="parameters, FLOPs, activation memory")
+    p.add_argument("name")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"))
+    p.set_defaults(fn=_cmd_summary)
+    p = sub.add_parser("convert", help="convert torch weights to a safetensors + config folder")
+    p.add_argument("model", help="<source>:<name>, e.g. torchvision:resnet50 or timm:resnet50")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--weights", help="weight tag (IMAGENET1K_V2, a1_in1k, ...); default: the default tag"
+    )
+    g.add_argument("--checkpoint", help="a local .pth/.safetensors file")
+    p.add_argument("--out", required=True)
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    p.set_defaults(fn=_cmd_convert)
+    p = sub.add_parser("predict", help="top-k classes of images with pretrained weights")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--model", required=True)
+    p.add_argument("--pretrained", help="weight tag or local checkpoint (default: the default tag)")
+    p.add_argument("--top", type=int, default=5)
+    p.set_defaults(fn=_cmd_predict)
+    args = parser.parse_args(argv)
+    try:
+        args.fn(args)
+    except (CliError, ValueError, TypeError, KeyError, OSError, RuntimeError) as e:
+        print(f"flaxcnn: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _one_line(e: Exception) -> str:
+    report = getattr(e, "report", None)
+    if report is not None and not report.ok:
+        return f"{str(e).splitlines()[0].rstrip(':')}: {report.one_line()}"
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

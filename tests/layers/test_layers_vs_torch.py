@@ -1,0 +1,316 @@
+"""Each layer against the torch op it mirrors, on random input, at odd sizes and stride-2 edges."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from flaxcnn import layers
+
+RNG = np.random.default_rng(0)
+
+
+def nchw(x):
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+def nhwc(t):
+    return t.detach().numpy().transpose(0, 2, 3, 1)
+
+
+def close(got, ref, rtol=1e-5):
+    got, ref = np.asarray(got), np.asarray(ref)
+    assert got.shape == ref.shape, (got.shape, ref.shape)
+    bound = rtol * max(1.0, float(np.abs(ref).max()))
+    assert float(np.abs(got - ref).max()) <= bound
+
+
+@pytest.mark.parametrize(
+    ("k", "s", "p", "d", "g", "hw"),
+    [
+        (3, 1, 1, 1, 1, (9, 13)),
+        (3, 2, 1, 1, 1, (8, 8)),
+        (3, 2, 1, 1, 1, (9, 14)),
+        (7, 2, 3, 1, 1, (97, 131)),
+        (1, 2, 0, 1, 1, (7, 9)),
+        (3, 1, 2, 2, 1, (11, 10)),
+        (3, 1, 4, 4, 1, (17, 19)),
+        (3, 2, 1, 1, 4, (9, 9)),
+        (3, 1, 1, 1, 8, (6, 7)),  # depthwise
+        ((1, 7), 1, (0, 3), 1, 1, (8, 11)),  # factorised, as Inception v3
+    ],
+)
+def test_conv2d(k, s, p, d, g, hw):
+    cin, cout = 8, 16
+    tconv = torch.nn.Conv2d(cin, cout, k, s, p, d, g, bias=True)
+    x = RNG.standard_normal((2, *hw, cin), dtype=np.float32)
+    ref = nhwc(tconv(nchw(x)))
+    conv = layers.Conv2d(cout, k, s, p, d, g)
+    params = {
+        "kernel": jnp.asarray(tconv.weight.detach().numpy().transpose(2, 3, 1, 0)),
+        "bias": jnp.asarray(tconv.bias.detach().numpy()),
+    }
+    close(conv.apply({"params": params}, jnp.asarray(x)), ref)
+
+
+def _tf_same_reference(x, weight, stride):
+    """TF 'SAME': total pad max((ceil(i/s)-1)*s + k - i, 0), the odd pixel at the end."""
+    pads = []
+    for i, k in zip(x.shape[2:], weight.shape[2:], strict=True):
+        total = max((-(-i // stride) - 1) * stride + k - i, 0)
+        pads += [total // 2, total - total // 2]
+    x = F.pad(x, (pads[2], pads[3], pads[0], pads[1]))
+    return F.conv2d(x, weight, stride=stride)
+
+
+@pytest.mark.parametrize(
+    ("k", "s", "hw"), [(3, 2, (9, 14)), (5, 2, (97, 131)), (3, 1, (7, 7)), (2, 2, (5, 6))]
+)
+def test_conv2d_tf_same(k, s, hw):
+    w = torch.randn(4, 3, k, k)
+    x = RNG.standard_normal((1, *hw, 3), dtype=np.float32)
+    ref = nhwc(_tf_same_reference(nchw(x), w, s))
+    conv = layers.Conv2d(4, k, s, padding="same", use_bias=False)
+    got = conv.apply(
+        {"params": {"kernel": jnp.asarray(w.numpy().transpose(2, 3, 1, 0))}}, jnp.asarray(x)
+    )
+    close(got, ref)
+
+
+@pytest.mark.parametrize("momentum", [0.1, 0.01])
+@pytest.mark.parametrize("eps", [1e-5, 1e-3])
+def test_batchnorm_train_and_eval(momentum, eps):
+    c = 6
+    tbn = torch.nn.BatchNorm2d(c, eps=eps, momentum=momentum)
+    with torch.no_grad():
+        tbn.weight.uniform_(0.5, 1.5)
+        tbn.bias.normal_()
+        tbn.running_mean.normal_()
+        tbn.running_var.uniform_(0.5, 2)
+    variables = {
+        "params": {
+            "scale": jnp.asarray(tbn.weight.detach().numpy()),
+            "bias": jnp.asarray(tbn.bias.detach().numpy()),
+        },
+        "batch_stats": {
+            "mean": jnp.asarray(tbn.running_mean.numpy()),
+            "var": jnp.asarray(tbn.running_var.numpy()),
+        },
+    }
+    bn = layers.BatchNorm2d(eps=eps, momentum=momentum)
+    x = (RNG.standard_normal((3, 5, 7, c)) * 3 + 2).astype(np.float32)
+
+    tbn.eval()
+    close(bn.apply(variables, jnp.asarray(x)), nhwc(tbn(nchw(x))))
+
+    tbn.train()
+    ref = nhwc(tbn(nchw(x)))
+    got, state = bn.apply(variables, jnp.asarray(x), train=True, mutable=["batch_stats"])
+    close(got, ref)
+    # Running variance uses the unbiased batch variance, as torch does.
+    close(state["batch_stats"]["mean"], tbn.running_mean.numpy())
+    close(state["batch_stats"]["var"], tbn.running_var.numpy())
+
+
+def test_batchnorm_bf16_keeps_float32_statistics():
+    bn = layers.BatchNorm2d(dtype=jnp.bfloat16)
+    x = jnp.asarray(RNG.standard_normal((4, 3, 3, 5)), jnp.bfloat16)
+    variables = bn.init(jax.random.key(0), x)
+    y, state = bn.apply(variables, x, train=True, mutable=["batch_stats"])
+    assert y.dtype == jnp.bfloat16
+    assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(state))
+
+
+def test_batchnorm_sync_across_devices_equals_global():
+    """Inside shard_map with axis_name, statistics are those of the global batch."""
+    from jax.sharding import Mesh
+    from jax.sharding import PartitionSpec as P
+
+    n = min(4, jax.device_count())
+    mesh = Mesh(np.array(jax.devices()[:n]), ("data",))
+    x = jnp.asarray(RNG.standard_normal((2 * n, 3, 3, 4)) * 2 + 1, jnp.float32)
+    variables = layers.BatchNorm2d().init(jax.random.key(0), x)
+    ref, ref_state = layers.BatchNorm2d().apply(variables, x, train=True, mutable=["batch_stats"])
+
+    def per_device(v, xs):
+        return layers.BatchNorm2d(axis_name="data").apply(
+            v, xs, train=True, mutable=["batch_stats"]
+        )
+
+    f = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P("data")), out_specs=(P("data"), P()))
+    got, state = f(variables, x)
+    close(got, ref)
+    close(state["batch_stats"]["var"], ref_state["batch_stats"]["var"])
+    close(state["batch_stats"]["mean"], ref_state["batch_stats"]["mean"])
+
+
+POOL_CASES = [
+    # kernel, stride, padding, ceil_mode, (H, W)
+    (3, 2, 1, False, (112, 112)),
+    (3, 2, 1, False, (49, 66)),
+    (3, 2, 0, True, (56, 56)),  # GoogLeNet: ceil_mode windows hang over the edge
+    (3, 2, 0, True, (13, 14)),
+    (2, 2, 0, True, (7, 9)),
+    (3, 2, 1, True, (5, 6)),  # a last window that would start in the padding is dropped
+    (3, 1, 1, False, (9, 10)),
+    (2, 2, 0, False, (7, 9)),
+    ((3, 2), (2, 1), (1, 0), True, (10, 11)),
+]
+
+
+@pytest.mark.parametrize(("k", "s", "p", "ceil", "hw"), POOL_CASES)
+def test_max_pool(k, s, p, ceil, hw):
+    x = RNG.standard_normal((2, *hw, 3), dtype=np.float32)
+    ref = nhwc(F.max_pool2d(nchw(x), k, s, p, ceil_mode=ceil))
+    close(layers.max_pool2d(jnp.asarray(x), k, s, p, ceil_mode=ceil), ref)
+
+
+@pytest.mark.parametrize(("k", "s", "p", "ceil", "hw"), POOL_CASES)
+@pytest.mark.parametrize("include_pad", [True, False])
+def test_avg_pool(k, s, p, ceil, hw, include_pad):
+    x = RNG.standard_normal((2, *hw, 3), dtype=np.float32)
+    ref = nhwc(F.avg_pool2d(nchw(x), k, s, p, ceil_mode=ceil, count_include_pad=include_pad))
+    got = layers.avg_pool2d(jnp.asarray(x), k, s, p, ceil_mode=ceil, count_include_pad=include_pad)
+    close(got, ref)
+
+
+def test_avg_pool_divisor_override():
+    x = RNG.standard_normal((1, 7, 8, 2), dtype=np.float32)
+    ref = nhwc(F.avg_pool2d(nchw(x), 3, 2, 1, divisor_override=4))
+    close(layers.avg_pool2d(jnp.asarray(x), 3, 2, 1, divisor_override=4), ref)
+
+
+@pytest.mark.parametrize(
+    ("hw", "out"),
+    [
+        ((13, 13), 6),
+        ((7, 7), 1),
+        ((14, 14), 7),
+        ((97, 131), (6, 6)),
+        ((5, 3), (7, 4)),
+        ((10, 9), (3, 2)),
+    ],
+)
+def test_adaptive_pools(hw, out):
+    x = RNG.standard_normal((2, *hw, 3), dtype=np.float32)
+    close(
+        layers.adaptive_avg_pool2d(jnp.asarray(x), out), nhwc(F.adaptive_avg_pool2d(nchw(x), out))
+    )
+    close(
+        layers.adaptive_max_pool2d(jnp.asarray(x), out), nhwc(F.adaptive_max_pool2d(nchw(x), out))
+    )
+
+
+def test_global_pools():
+    x = RNG.standard_normal((2, 5, 7, 3), dtype=np.float32)
+    close(layers.global_avg_pool(jnp.asarray(x)), nchw(x).mean((2, 3)).numpy())
+    close(layers.global_max_pool(jnp.asarray(x)), nchw(x).amax((2, 3)).numpy())
+
+
+def test_pool_rejects_oversized_padding():
+    with pytest.raises(ValueError, match="pad should be at most half"):
+        layers.max_pool2d(jnp.zeros((1, 8, 8, 1)), 3, 2, padding=2)
+
+
+@pytest.mark.parametrize(
+    ("name", "ref"),
+    [
+        ("relu", torch.nn.ReLU()),
+        ("relu6", torch.nn.ReLU6()),
+        ("hard_swish", torch.nn.Hardswish()),
+        ("hard_sigmoid", torch.nn.Hardsigmoid()),
+        ("silu", torch.nn.SiLU()),
+        ("gelu", torch.nn.GELU()),
+        ("gelu_tanh", torch.nn.GELU(approximate="tanh")),
+        ("sigmoid", torch.nn.Sigmoid()),
+        ("tanh", torch.nn.Tanh()),
+    ],
+)
+def test_activations(name, ref):
+    x = np.linspace(-8, 8, 1001, dtype=np.float32)
+    close(layers.get_act(name)(jnp.asarray(x)), ref(torch.from_numpy(x)).numpy(), rtol=1e-6)
+
+
+def test_unknown_activation():
+    with pytest.raises(ValueError, match="unknown activation 'relu7'"):
+        layers.get_act("relu7")
+
+
+def test_squeeze_excite_matches_torchvision():
+    from torchvision.ops import SqueezeExcitation
+
+    tse = SqueezeExcitation(16, 4)
+    x = RNG.standard_normal((2, 5, 6, 16), dtype=np.float32)
+    sd = {k: v.detach().numpy() for k, v in tse.state_dict().items()}
+    params = {
+        name: {
+            "kernel": jnp.asarray(sd[f"{name}.weight"].transpose(2, 3, 1, 0)),
+            "bias": jnp.asarray(sd[f"{name}.bias"]),
+        }
+        for name in ("fc1", "fc2")
+    }
+    got = layers.SqueezeExcite(4).apply({"params": params}, jnp.asarray(x))
+    close(got, nhwc(tse(nchw(x))))
+
+
+def test_drop_path():
+    x = jnp.ones((1000, 2, 2, 3))
+    dp = layers.DropPath(0.25)
+    assert dp.apply({}, x) is x  # identity in eval
+    y = dp.apply({}, x, train=True, rngs={"dropout": jax.random.key(0)})
+    per_sample = np.asarray(y).reshape(1000, -1)
+    # Whole samples are dropped or kept and scaled by 1/keep.
+    assert set(np.unique(per_sample)) <= {0.0, np.float32(1 / 0.75)}
+    assert np.all(per_sample.min(1) == per_sample.max(1))
+    assert abs((per_sample[:, 0] == 0).mean() - 0.25) < 0.05
+
+
+def test_dropout2d_drops_whole_channels():
+    x = jnp.ones((64, 4, 5, 32))
+    y = np.asarray(
+        layers.Dropout2d(0.5).apply({}, x, train=True, rngs={"dropout": jax.random.key(0)})
+    )
+    assert np.all(y.min((1, 2)) == y.max((1, 2)))  # constant over H, W per (sample, channel)
+    assert set(np.unique(y)) <= {0.0, 2.0}
+    assert abs((y[:, 0, 0, :] == 0).mean() - 0.5) < 0.05
+    np.testing.assert_array_equal(layers.Dropout2d(0.5).apply({}, x), x)
+
+
+OUT_SIZE_CASES = [
+    c
+    for c in itertools.product([7, 8, 13], [2, 3], [1, 2], [0, 1], [1, 2], [False, True])
+    if c[3] <= (c[4] * (c[1] - 1) + 1) // 2  # torch rejects larger padding
+]
+
+
+@pytest.mark.parametrize(("size", "k", "s", "p", "d", "ceil"), OUT_SIZE_CASES)
+def test_pool_output_size_matches_torch(size, k, s, p, d, ceil):
+    ref = F.max_pool2d(torch.zeros(1, 1, size, size), k, s, p, d, ceil_mode=ceil).shape[-1]
+    assert layers.pool_output_size(size, k, s, p, d, ceil) == ref
+
+
+@pytest.mark.parametrize(("k", "s", "p", "ceil", "hw"), POOL_CASES[:6])
+def test_pool_gradients_match_torch(k, s, p, ceil, hw):
+    """Pools are differentiable under jit, with torch's gradients (max: to the argmax)."""
+    x = RNG.standard_normal((2, *hw, 3), dtype=np.float32)
+    for jfn, tfn in (
+        (
+            lambda a: layers.max_pool2d(a, k, s, p, ceil_mode=ceil),
+            lambda t: F.max_pool2d(t, k, s, p, ceil_mode=ceil),
+        ),
+        (
+            lambda a: layers.avg_pool2d(a, k, s, p, ceil_mode=ceil, count_include_pad=False),
+            lambda t: F.avg_pool2d(t, k, s, p, ceil_mode=ceil, count_include_pad=False),
+        ),
+    ):
+        xt = nchw(x).requires_grad_(True)
+        out = tfn(xt)
+        weights = torch.from_numpy(RNG.standard_normal(out.shape, dtype=np.float32))
+        (out * weights).sum().backward()
+        w = jnp.asarray(nhwc(weights))
+        got = jax.jit(jax.grad(lambda a, w=w, f=jfn: jnp.sum(f(a) * w)))(jnp.asarray(x))
+        close(got, nhwc(xt.grad))

@@ -1,0 +1,127 @@
+"""ResNet-family options beyond what the registry-wide tests cover."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import flaxcnn
+from flaxcnn.convert import verify
+from flaxcnn.models import ResNet18, ResNet50
+
+X = jax.random.normal(jax.random.key(0), (2, 64, 96, 3))
+
+
+def test_parameter_counts_match_torchvision_published():
+    # torchvision's documented parameter counts (weights meta "num_params").
+    expected = {
+        "resnet18": 11_689_512,
+        "resnet34": 21_797_672,
+        "resnet50": 25_557_032,
+        "resnet101": 44_549_160,
+        "resnet152": 60_192_808,
+        "resnext50_32x4d": 25_028_904,
+        "resnext101_32x8d": 88_791_336,
+        "resnext101_64x4d": 83_455_272,
+        "wide_resnet50_2": 68_883_240,
+        "wide_resnet101_2": 126_886_696,
+    }
+    for name, n in expected.items():
+        model = flaxcnn.create_model(name)
+        shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+        assert sum(int(np.prod(a.shape)) for a in jax.tree.leaves(shapes["params"])) == n, name
+
+
+def test_zero_init_residual():
+    v = ResNet50(zero_init_residual=True).init(jax.random.key(0), X[:1])
+    for i, n in enumerate((3, 4, 6, 3)):
+        for j in range(n):
+            assert not np.any(v["params"][f"layer{i + 1}_{j}"]["bn3"]["scale"])
+            assert np.all(v["params"][f"layer{i + 1}_{j}"]["bn2"]["scale"] == 1)
+    v18 = ResNet18(zero_init_residual=True).init(jax.random.key(0), X[:1])
+    assert not np.any(v18["params"]["layer4_1"]["bn2"]["scale"])
+
+
+def test_features_only_and_feature_info():
+    model = ResNet50(features_only=True)
+    v = model.init(jax.random.key(0), X)
+    assert "fc" not in v["params"]
+    feats = model.apply(v, X)
+    info = model.feature_info()
+    assert (
+        [f.shape[-1] for f in feats] == [i["num_chs"] for i in info] == [64, 256, 512, 1024, 2048]
+    )
+    for f, i in zip(feats, info, strict=True):
+        assert f.shape[1:3] == (-(-64 // i["reduction"]), -(-96 // i["reduction"]))
+    sel = ResNet50(features_only=True, out_indices=(2, 4))
+    assert [f.shape[-1] for f in sel.apply(v, X)] == [512, 2048]
+
+
+def test_num_classes_zero_gives_pooled_features():
+    model = ResNet18(num_classes=0)
+    v = model.init(jax.random.key(0), X)
+    assert "fc" not in v["params"] and model.apply(v, X).shape == (2, 512)
+
+
+def test_dilated_backbone_output_stride():
+    model = ResNet50(features_only=True, replace_stride_with_dilation=(False, True, True))
+    v = model.init(jax.random.key(0), X)
+    feats = model.apply(v, X)
+    assert [f.shape[1] for f in feats] == [32, 16, 8, 8, 8]
+    assert [i["reduction"] for i in model.feature_info()] == [2, 4, 8, 8, 8]
+
+
+def test_dilated_resnet_equivalent_to_torchvision():
+    dil = (False, True, True)
+    result = verify(
+        "resnet50",
+        source="torchvision",
+        torch_kwargs={"replace_stride_with_dilation": list(dil)},
+        overrides={"replace_stride_with_dilation": dil},
+        sizes=[(97, 131)],
+    )
+    assert result.ok, str(result)
+
+
+def test_stochastic_depth_only_in_train():
+    model = ResNet18(drop_path_rate=0.5, num_classes=3)
+    v = model.init(jax.random.key(0), X)
+    a = model.apply(v, X)
+    np.testing.assert_array_equal(a, model.apply(v, X))
+    t1, _ = model.apply(
+        v, X, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)}
+    )
+    t2, _ = model.apply(
+        v, X, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(2)}
+    )
+    assert not np.allclose(t1, t2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"block": "huge"}, "block must be one of"),
+        ({"stem_type": "tiered"}, "stem_type must be one of"),
+        ({"replace_stride_with_dilation": (True,)}, "3-element"),
+    ],
+)
+def test_bad_config_is_a_clear_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ResNet18(**kwargs).init(jax.random.key(0), X)
+
+
+def test_wrong_channel_count_and_rank():
+    with pytest.raises(ValueError, match=r"NHWC input with 3 channels, got shape \(2, 64, 64, 1\)"):
+        ResNet18().init(jax.random.key(0), jnp.zeros((2, 64, 64, 1)))
+    with pytest.raises(ValueError, match=r"4-D NHWC batch.*x\[None\]"):
+        ResNet18().init(jax.random.key(0), jnp.zeros((64, 64, 3)))
+    with pytest.raises(ValueError, match="floating-point"):
+        ResNet18().init(jax.random.key(0), jnp.zeros((1, 64, 64, 3), jnp.uint8))
+
+
+def test_cifar_stem_keeps_resolution():
+    model = ResNet18(stem_type="cifar", num_classes=10, in_chans=1)
+    x = jnp.zeros((2, 32, 32, 1))
+    v = model.init(jax.random.key(0), x)
+    assert v["params"]["conv1"]["kernel"].shape == (3, 3, 1, 64)
+    assert model.apply(v, x).shape == (2, 10)

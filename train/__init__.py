@@ -1,0 +1,9 @@
+"""flaxcnn.train: data-parallel training of flaxcnn models (needs the ``[train]`` extra).
+
+``python -m flaxcnn.train --config train/configs/digits_lenet.py`` (or ``flaxcnn-train``)
+trains; ``python -m flaxcnn.train evaluate --config ... --checkpoint DIR`` evaluates.
+
+Modules: :mod:`.steps` (jitted train/eval steps over a ``data`` mesh), :mod:`.data`
+(tfds + grain input pipeline), :mod:`.digits` (the embedded dataset), :mod:`.augment`,
+:mod:`.optim`, :mod:`.checkpoint` (orbax), :mod:`.loop` (the training job), :mod:`.cli`.
+"""

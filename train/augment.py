@@ -1,0 +1,187 @@
+"""On-device batch augmentations, run inside the jitted train step.
+
+Images arrive as float32 ``(B, H, W, C)`` in [0, 1]; every function keeps that shape and
+range (mixup and cutmix also return soft targets). Each example draws its own randomness
+from one key, and jax's partitionable threefry makes the draws independent of how the
+batch is sharded, so 1 device and 8 devices augment identically.
+
+* :func:`random_resized_crop`: Inception-style crop of a random area and aspect ratio,
+  resized back to the input size (bilinear).
+* :func:`hflip`, :func:`color_jitter` (brightness, contrast, saturation),
+  :func:`gaussian_noise`, :func:`random_erasing` (Zhong et al., 2017).
+* :func:`mixup` (Zhang et al., 2018) and :func:`cutmix` (Yun et al., 2019) on the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "augment_batch",
+    "color_jitter",
+    "cutmix",
+    "gaussian_noise",
+    "hflip",
+    "mixup",
+    "random_erasing",
+    "random_resized_crop",
+]
+
+
+def _per_example(key: jax.Array, n: int) -> jax.Array:
+    return jax.random.split(key, n)
+
+
+def random_resized_crop(
+    key: jax.Array,
+    x: jax.Array,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> jax.Array:
+    """Crop a random ``scale`` fraction of the area at a random aspect ``ratio``; resize back."""
+    b, h, w, c = x.shape
+
+    def one(k, img):
+        k1, k2, k3, k4 = jax.random.split(k, 4)
+        area = jax.random.uniform(k1, (), minval=scale[0], maxval=scale[1]) * h * w
+        log_r = jax.random.uniform(k2, (), minval=jnp.log(ratio[0]), maxval=jnp.log(ratio[1]))
+        r = jnp.exp(log_r)
+        ch = jnp.clip(jnp.sqrt(area / r), 1.0, h)
+        cw = jnp.clip(jnp.sqrt(area * r), 1.0, w)
+        top = jax.random.uniform(k3, ()) * (h - ch)
+        left = jax.random.uniform(k4, ()) * (w - cw)
+        s = jnp.stack([h / ch, w / cw])
+        t = -jnp.stack([top, left]) * s
+        return jax.image.scale_and_translate(
+            img, (h, w, c), (0, 1), s, t, method="linear", antialias=False
+        )
+
+    return jax.vmap(one)(_per_example(key, b), x)
+
+
+def hflip(key: jax.Array, x: jax.Array, p: float = 0.5) -> jax.Array:
+    """Mirror each image left-right with probability ``p``."""
+    flip = jax.random.bernoulli(key, p, (x.shape[0], 1, 1, 1))
+    return jnp.where(flip, x[:, :, ::-1], x)
+
+
+def color_jitter(
+    key: jax.Array,
+    x: jax.Array,
+    brightness: float = 0.4,
+    contrast: float = 0.4,
+    saturation: float = 0.4,
+) -> jax.Array:
+    """Scale brightness, contrast (around the image mean) and saturation (around its grey)
+    by factors drawn uniformly from ``[1 - s, 1 + s]``; clipped to [0, 1]."""
+    b = x.shape[0]
+    kb, kc, ks = jax.random.split(key, 3)
+
+    def factor(k, s):
+        return jax.random.uniform(k, (b, 1, 1, 1), minval=1 - s, maxval=1 + s)
+
+    x = x * factor(kb, brightness)
+    mean = jnp.mean(x, axis=(1, 2, 3), keepdims=True)
+    x = mean + (x - mean) * factor(kc, contrast)
+    if x.shape[-1] == 3:
+        grey = jnp.sum(x * jnp.array([0.299, 0.587, 0.114], x.dtype), axis=-1, keepdims=True)
+        x = grey + (x - grey) * factor(ks, saturation)
+    return jnp.clip(x, 0.0, 1.0)
+
+
+def gaussian_noise(key: jax.Array, x: jax.Array, std: float = 0.05) -> jax.Array:
+    """Add N(0, std^2) noise to every pixel; clipped to [0, 1]."""
+    return jnp.clip(x + std * jax.random.normal(key, x.shape, x.dtype), 0.0, 1.0)
+
+
+def random_erasing(
+    key: jax.Array,
+    x: jax.Array,
+    p: float = 0.25,
+    scale: tuple[float, float] = (0.02, 1 / 3),
+    ratio: tuple[float, float] = (0.3, 3.3),
+) -> jax.Array:
+    """With probability ``p`` replace a random rectangle of each image by uniform noise."""
+    b, h, w, _ = x.shape
+    k0, k1, k2, k3, k4, k5 = jax.random.split(key, 6)
+    apply = jax.random.bernoulli(k0, p, (b,))
+    area = jax.random.uniform(k1, (b,), minval=scale[0], maxval=scale[1]) * h * w
+    r = jnp.exp(jax.random.uniform(k2, (b,), minval=jnp.log(ratio[0]), maxval=jnp.log(ratio[1])))
+    eh = jnp.clip(jnp.sqrt(area * r), 1, h)
+    ew = jnp.clip(jnp.sqrt(area / r), 1, w)
+    top = jax.random.uniform(k3, (b,)) * (h - eh)
+    left = jax.random.uniform(k4, (b,)) * (w - ew)
+    rows = jnp.arange(h)[None, :, None]
+    cols = jnp.arange(w)[None, None, :]
+    inside = (
+        (rows >= top[:, None, None])
+        & (rows < (top + eh)[:, None, None])
+        & (cols >= left[:, None, None])
+        & (cols < (left + ew)[:, None, None])
+        & apply[:, None, None]
+    )
+    noise = jax.random.uniform(k5, x.shape, x.dtype)
+    return jnp.where(inside[..., None], noise, x)
+
+
+def _partner(key: jax.Array, n: int) -> jax.Array:
+    return jax.random.permutation(key, n)
+
+
+def mixup(
+    key: jax.Array, x: jax.Array, y: jax.Array, alpha: float = 0.2
+) -> tuple[jax.Array, jax.Array]:
+    """Blend the batch with a permutation of itself by ``lam ~ Beta(alpha, alpha)``;
+    ``y`` are (soft) one-hot targets, blended alike."""
+    k1, k2 = jax.random.split(key)
+    lam = jax.random.beta(k1, alpha, alpha)
+    perm = _partner(k2, x.shape[0])
+    return lam * x + (1 - lam) * x[perm], lam * y + (1 - lam) * y[perm]
+
+
+def cutmix(
+    key: jax.Array, x: jax.Array, y: jax.Array, alpha: float = 1.0
+) -> tuple[jax.Array, jax.Array]:
+    """Paste a random box from a permuted batch; targets mixed by the box's true area."""
+    b, h, w, _ = x.shape
+    k1, k2, k3, k4 = jax.random.split(key, 4)
+    lam = jax.random.beta(k1, alpha, alpha)
+    cut = jnp.sqrt(1.0 - lam)
+    ch, cw = cut * h, cut * w
+    cy = jax.random.uniform(k2, ()) * h
+    cx = jax.random.uniform(k3, ()) * w
+    y0, y1 = jnp.clip(jnp.round(cy - ch / 2), 0, h), jnp.clip(jnp.round(cy + ch / 2), 0, h)
+    x0, x1 = jnp.clip(jnp.round(cx - cw / 2), 0, w), jnp.clip(jnp.round(cx + cw / 2), 0, w)
+    rows = jnp.arange(h)[:, None]
+    cols = jnp.arange(w)[None, :]
+    box = (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)
+    perm = _partner(k4, b)
+    mixed = jnp.where(box[None, :, :, None], x[perm], x)
+    lam_true = 1.0 - (y1 - y0) * (x1 - x0) / (h * w)
+    return mixed, lam_true * y + (1 - lam_true) * y[perm]
+
+
+def augment_batch(key: jax.Array, x: jax.Array, cfg: Mapping[str, Any]) -> jax.Array:
+    """The per-image augmentations ``cfg`` switches on, in the usual order.
+
+    Keys (0 / False disables): ``crop_scale_min`` (random-resized crop with scale
+    ``(crop_scale_min, 1)``), ``hflip``, ``color_jitter`` (strength), ``noise_std``,
+    ``erase_prob``.
+    """
+    keys = jax.random.split(key, 5)
+    if cfg.get("crop_scale_min", 0):
+        x = random_resized_crop(keys[0], x, scale=(cfg["crop_scale_min"], 1.0))
+    if cfg.get("hflip", False):
+        x = hflip(keys[1], x)
+    if cfg.get("color_jitter", 0):
+        s = cfg["color_jitter"]
+        x = color_jitter(keys[2], x, s, s, s)
+    if cfg.get("noise_std", 0):
+        x = gaussian_noise(keys[3], x, cfg["noise_std"])
+    if cfg.get("erase_prob", 0):
+        x = random_erasing(keys[4], x, cfg["erase_prob"])
+    return x

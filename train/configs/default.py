@@ -1,0 +1,89 @@
+"""Every training setting with its default; the other configs start from this one.
+
+    python -m flaxcnn.train --config train/configs/default.py --config.model=resnet18
+
+Any field can be overridden on the command line: ``--config.optim.learning_rate=0.05``,
+``--config.model_kwargs.stem_type=cifar`` (new keys under ``model_kwargs`` are allowed).
+"""
+
+from ml_collections import ConfigDict
+
+
+def get_config() -> ConfigDict:
+    c = ConfigDict()
+    c.name = "default"
+    c.seed = 0
+    # Model: a registry name; model_kwargs override its fields (stem_type, drop_rate, ...).
+    c.model = "resnet18"
+    c.model_kwargs = ConfigDict({"stem_type": "cifar"})
+    c.precision = "float32"  # or "bfloat16": bf16 compute, float32 params and BN statistics
+    # BatchNorm: "sync" (statistics over the global batch) or "group" (per group of
+    # bn_group_devices devices, as torch DDP (1) or MLPerf (a few)).
+    c.batch_norm = "sync"
+    c.bn_group_devices = 1
+    # Data.
+    c.dataset = "digits"
+    c.data_dir = ""  # default: $TFDS_DATA_DIR or ~/tensorflow_datasets
+    c.manual_dir = ""  # imagenet2012's downloaded tars
+    c.num_classes = 0  # 0: the dataset's; anything else must agree with it
+    c.image_size = 32
+    c.crop_pct = 0.875
+    c.batch_size = 128  # global, over all devices and processes
+    c.eval_batch_size = 0  # 0: batch_size
+    c.augment = ConfigDict(
+        {
+            "crop_scale_min": 0.0,
+            "hflip": False,
+            "color_jitter": 0.0,
+            "noise_std": 0.0,
+            "erase_prob": 0.0,
+        }
+    )
+    c.mixup_alpha = 0.0
+    c.cutmix_alpha = 0.0
+    # Length: num_steps if > 0, else num_epochs over the train split.
+    c.num_epochs = 10
+    c.num_steps = 0
+    # Optimisation.
+    c.optim = ConfigDict(
+        {
+            "optimizer": "sgd",  # sgd | adamw
+            "learning_rate": 0.1,
+            "momentum": 0.9,
+            "nesterov": True,
+            "b1": 0.9,
+            "b2": 0.999,
+            "weight_decay": 5e-4,  # masked off BN parameters and biases
+            "schedule": "cosine",  # constant | step | cosine | plateau
+            "warmup_steps": 0,
+            "step_fractions": (0.5, 0.75),
+            "plateau_factor": 0.1,
+            "plateau_patience": 10,
+            "plateau_accumulation": 10,
+            "grad_clip_norm": 0.0,
+            "freeze_backbone": False,
+        }
+    )
+    c.label_smoothing = 0.0
+    c.aux_loss_weight = 0.3  # GoogLeNet / Inception auxiliary heads
+    c.ema_decay = 0.0  # > 0: keep an EMA of the weights and evaluate with it
+    # Knowledge distillation from a teacher (a registry name and a checkpoint dir of this trainer).
+    c.distill = ConfigDict(
+        {
+            "teacher": "",
+            "teacher_kwargs": ConfigDict(),
+            "checkpoint": "",
+            "alpha": 0.0,
+            "temperature": 4.0,
+            "hard": False,
+        }
+    )
+    # Fine-tuning from converted torch weights: a new head if num_classes differs.
+    c.init_from = ConfigDict({"weights": "", "source": "torchvision", "source_name": ""})
+    # Run.
+    c.workdir = "runs/default"
+    c.checkpoint_every_steps = 0  # 0: every epoch
+    c.keep_checkpoints = 2
+    c.max_nonfinite = 5  # consecutive non-finite steps before stopping
+    c.progress = True
+    return c

@@ -1,0 +1,470 @@
+"""The training job: config in, trained checkpoint, metrics, plot and summary out."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+import flaxcnn
+
+from . import data as data_lib
+from .checkpoint import Checkpointer, CheckpointError
+from .optim import build_optimizer
+from .steps import (
+    StepConfig,
+    TrainState,
+    create_train_state,
+    make_eval_step,
+    make_mesh,
+    make_train_step,
+    shard_batch,
+    to_host,
+)
+
+__all__ = [
+    "ConfigError",
+    "NonFiniteError",
+    "Setup",
+    "evaluate",
+    "evaluate_checkpoint",
+    "plot_curves",
+    "setup",
+    "train",
+]
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work, found at start-up; the message says what to change."""
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive non-finite steps."""
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything built from a config before the first step."""
+
+    cfg: Any
+    info: data_lib.DatasetInfo
+    model: Any
+    mesh: Any
+    tx: Any
+    step_cfg: StepConfig
+    train_source: Any
+    eval_source: Any
+    num_classes: int
+    steps_per_epoch: int
+    total_steps: int
+
+
+def _dtype(precision: str):
+    table = {"float32": None, "bfloat16": jnp.bfloat16}
+    if precision not in table:
+        raise ConfigError(f"config.precision must be one of {sorted(table)}, got {precision!r}")
+    return table[precision]
+
+
+def _head_name(model_name: str) -> str | None:
+    cls = flaxcnn.get_model_spec(model_name).classifier
+    return cls.replace(".", "_") if cls else None
+
+
+def setup(cfg: Any, *, devices: list | None = None) -> Setup:
+    """Validate ``cfg`` and build the model, mesh, optimizer and data sources."""
+    devices = devices if devices is not None else jax.devices()
+    n_dev = len(devices)
+    try:
+        info = data_lib.get_dataset(cfg.dataset)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if cfg.batch_size % n_dev:
+        raise ConfigError(
+            f"config.batch_size={cfg.batch_size} is not divisible by the {n_dev} devices; "
+            f"use a multiple of {n_dev}"
+        )
+    eval_bs = cfg.eval_batch_size or cfg.batch_size
+    if eval_bs % n_dev:
+        raise ConfigError(
+            f"config.eval_batch_size={eval_bs} is not divisible by the {n_dev} devices"
+        )
+    data_dir = cfg.data_dir or None
+    train_source = data_lib.load_source(info, info.train_split, data_dir, cfg.manual_dir or None)
+    eval_source = data_lib.load_source(info, info.eval_split, data_dir, cfg.manual_dir or None)
+    ds_classes = len(train_source.classes) if info.tfds_name is None else info.num_classes
+    if cfg.num_classes and cfg.num_classes != ds_classes:
+        raise ConfigError(
+            f"config.num_classes={cfg.num_classes} but dataset {info.name!r} has "
+            f"{ds_classes} classes; "
+            f"set --config.num_classes={ds_classes} (or 0 to take the dataset's)"
+        )
+    try:
+        spec = flaxcnn.get_model_spec(cfg.model)
+    except ValueError as e:
+        raise ConfigError(f"config.model: {e}") from None
+    try:
+        model = spec.build(
+            num_classes=ds_classes,
+            in_chans=info.in_chans,
+            dtype=_dtype(cfg.precision),
+            **dict(cfg.model_kwargs),
+        )
+    except TypeError as e:
+        raise ConfigError(f"config.model_kwargs: {e}") from None
+    steps_per_epoch = len(train_source) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"config.batch_size={cfg.batch_size} exceeds the train split ({len(train_source)})"
+        )
+    total = cfg.num_steps or cfg.num_epochs * steps_per_epoch
+    if cfg.batch_norm == "sync":
+        bn_groups = 1
+    elif cfg.batch_norm == "group":
+        if n_dev % cfg.bn_group_devices:
+            raise ConfigError(
+                f"bn_group_devices={cfg.bn_group_devices} does not divide the {n_dev} devices"
+            )
+        bn_groups = n_dev // cfg.bn_group_devices
+    else:
+        raise ConfigError(f"config.batch_norm must be 'sync' or 'group', got {cfg.batch_norm!r}")
+    step_cfg = StepConfig(
+        num_classes=ds_classes,
+        mean=tuple(info.mean),
+        std=tuple(info.std),
+        label_smoothing=cfg.label_smoothing,
+        aux_loss_weight=cfg.aux_loss_weight,
+        bn_groups=bn_groups,
+        ema_decay=cfg.ema_decay,
+        augment=tuple(sorted(dict(cfg.augment).items())),
+        mixup_alpha=cfg.mixup_alpha,
+        cutmix_alpha=cfg.cutmix_alpha,
+        distill_alpha=cfg.distill.alpha,
+        distill_temperature=cfg.distill.temperature,
+        distill_hard=cfg.distill.hard,
+    )
+    try:
+        tx = build_optimizer(cfg.optim, total, head=_head_name(cfg.model))
+    except ValueError as e:
+        raise ConfigError(f"config.optim: {e}") from None
+    return Setup(
+        cfg=cfg,
+        info=info,
+        model=model,
+        mesh=make_mesh(devices),
+        tx=tx,
+        step_cfg=step_cfg,
+        train_source=train_source,
+        eval_source=eval_source,
+        num_classes=ds_classes,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total,
+    )
+
+
+def _initial_variables(s: Setup) -> Mapping[str, Any] | None:
+    """Converted torch weights for fine-tuning, with a fresh head where the shapes differ."""
+    init = s.cfg.init_from
+    if not init.weights:
+        return None
+    from flaxcnn.convert import from_torch
+
+    _, converted = from_torch(init.source_name or s.cfg.model, init.weights, source=init.source)
+    shape = (1, s.cfg.image_size, s.cfg.image_size, s.info.in_chans)
+    fresh = s.model.init(jax.random.key(s.cfg.seed), jnp.zeros(shape))
+
+    def pick(new, old):
+        return old if getattr(old, "shape", None) == new.shape else new
+
+    flat_new = flatten(fresh)
+    flat_old = flatten(converted)
+    merged = {k: pick(v, flat_old.get(k)) for k, v in flat_new.items()}
+    return unflatten(merged)
+
+
+def flatten(tree: Mapping[str, Any], prefix: tuple = ()) -> dict[tuple, Any]:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, Mapping):
+            out.update(flatten(v, (*prefix, k)))
+        else:
+            out[(*prefix, k)] = v
+    return out
+
+
+def unflatten(flat: Mapping[tuple, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for path, v in flat.items():
+        d = out
+        for k in path[:-1]:
+            d = d.setdefault(k, {})
+        d[path[-1]] = v
+    return out
+
+
+def _teacher(s: Setup):
+    d = s.cfg.distill
+    if not d.alpha:
+        return None
+    if not d.teacher or not d.checkpoint:
+        raise ConfigError(
+            "config.distill.alpha > 0 needs distill.teacher (a model name) and distill.checkpoint"
+        )
+    t_model = flaxcnn.create_model(
+        d.teacher, num_classes=s.num_classes, in_chans=s.info.in_chans, **dict(d.teacher_kwargs)
+    )
+    like = _fresh_state(s, t_model, jax.random.key(0), tx=_null_tx())
+    state = Checkpointer(d.checkpoint, async_save=False).restore(like)
+    return t_model, {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def _null_tx():
+    import optax
+
+    return optax.identity()
+
+
+def _fresh_state(s: Setup, model=None, rng=None, tx=None, variables=None) -> TrainState:
+    shape = (1, s.cfg.image_size, s.cfg.image_size, s.info.in_chans)
+    return create_train_state(
+        model or s.model,
+        tx or s.tx,
+        rng if rng is not None else jax.random.key(s.cfg.seed),
+        shape,
+        s.mesh,
+        ema=s.cfg.ema_decay > 0 and model is None,
+        variables=variables,
+    )
+
+
+_COMPILED: dict[Any, tuple[Callable, Callable]] = {}
+
+
+def _steps(s: Setup) -> tuple[Callable, Callable]:
+    """The jitted train and eval steps; reused (not recompiled) by a later run in the same
+    process with the same model, optimizer, step settings and devices (e.g. a resume)."""
+    teacher = _teacher(s)
+    ema = s.cfg.ema_decay > 0
+    key = (
+        s.model,
+        s.step_cfg,
+        tuple(d.id for d in s.mesh.devices.flat),
+        json.dumps(s.cfg.optim.to_dict(), sort_keys=True, default=str),
+        s.total_steps,
+        ema,
+    )
+    try:
+        hash(key)
+    except TypeError:
+        key = None
+    if teacher is None and key in _COMPILED:
+        return _COMPILED[key]
+    fns = (
+        make_train_step(s.model, s.tx, s.step_cfg, s.mesh, teacher=teacher),
+        make_eval_step(s.model, s.step_cfg, s.mesh, use_ema=ema),
+    )
+    if teacher is None and key is not None:
+        _COMPILED[key] = fns
+    return fns
+
+
+def evaluate(s: Setup, state: TrainState, eval_step: Callable | None = None) -> dict[str, float]:
+    """Top-1/top-5 and mean loss over the whole eval split (all processes)."""
+    eval_step = eval_step or _steps(s)[1]
+    totals = None
+    for batch in data_lib.eval_batches(
+        s.eval_source,
+        s.info,
+        size=s.cfg.image_size,
+        global_batch_size=s.cfg.eval_batch_size or s.cfg.batch_size,
+        crop_pct=s.cfg.crop_pct,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    ):
+        out = eval_step(state, shard_batch(batch, s.mesh))
+        totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+    t = to_host(totals)
+    n = float(t["count"])
+    return {
+        "eval_loss": float(t["loss_sum"]) / n,
+        "top1": float(t["top1"]) / n,
+        "top5": float(t["top5"]) / n,
+    }
+
+
+def plot_curves(metrics_path: str, out_path: str) -> None:
+    """Loss and accuracy curves (train per log interval, eval per epoch) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(metrics_path) as f:
+        rows = [json.loads(line) for line in f]
+    tr = [r for r in rows if "train_loss" in r]
+    ev = [r for r in rows if "top1" in r]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    a1.plot([r["step"] for r in tr], [r["train_loss"] for r in tr], label="train")
+    a1.plot([r["step"] for r in ev], [r["eval_loss"] for r in ev], "o-", label="test")
+    a1.set(xlabel="step", ylabel="loss", title="loss")
+    a2.plot([r["step"] for r in tr], [r["train_accuracy"] for r in tr], label="train")
+    a2.plot([r["step"] for r in ev], [r["top1"] for r in ev], "o-", label="test top-1")
+    a2.set(xlabel="step", ylabel="accuracy", title="accuracy", ylim=(0, 1))
+    for a in (a1, a2):
+        a.grid(alpha=0.3)
+        a.legend()
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+
+
+def train(
+    cfg: Any, *, resume: bool = False, devices: list | None = None, stop_at: int | None = None
+) -> dict[str, Any]:
+    """Run the job described by ``cfg``; returns the final summary (and the state under
+    ``'state'``). ``stop_at`` ends early after that step (as if killed there; tests use it)."""
+    s = setup(cfg, devices=devices)
+    lead = jax.process_index() == 0
+    workdir = os.path.abspath(cfg.workdir)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    os.makedirs(workdir, exist_ok=True)
+    ckpt = Checkpointer(ckpt_dir, keep=cfg.keep_checkpoints)
+    if resume and ckpt.latest_step() is None:
+        raise CheckpointError(
+            f"--resume: no checkpoint in {ckpt_dir}; drop --resume to start afresh"
+        )
+    if not resume and ckpt.latest_step() is not None:
+        raise ConfigError(
+            f"{ckpt_dir} already holds checkpoints (step {ckpt.latest_step()}): pass --resume to "
+            "continue that run, or choose another --config.workdir"
+        )
+    state = _fresh_state(s, variables=_initial_variables(s))
+    loader = data_lib.train_loader(
+        s.train_source,
+        s.info,
+        size=cfg.image_size,
+        global_batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    it = iter(loader)
+    if resume:
+        state = ckpt.restore(state, it)
+    elif lead and os.path.exists(metrics_path):
+        os.remove(metrics_path)
+    start = int(to_host(state.step))
+    train_step, eval_step = _steps(s)
+    rng = jax.random.key(cfg.seed + 1)
+    every = cfg.checkpoint_every_steps or s.steps_per_epoch
+    end = s.total_steps if stop_at is None else min(stop_at, s.total_steps)
+
+    if lead:
+        print(
+            f"training {cfg.model} on {cfg.dataset}: {s.total_steps} steps of "
+            f"{cfg.batch_size} images "
+            f"on {len(s.mesh.devices.flat)} devices ({jax.process_count()} process(es)); "
+            f"checkpoints -> {ckpt_dir}, metrics -> {metrics_path}",
+            flush=True,
+        )
+    bar = None
+    if lead and cfg.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=s.total_steps, initial=start, unit="step", dynamic_ncols=True)
+    nonfinite_run, acc_loss, acc_acc, n_acc, t0, n_img = 0, 0.0, 0.0, 0, time.perf_counter(), 0
+    last_eval: dict[str, float] = {}
+    for step in range(start, end):
+        batch = next(it)
+        state, m = train_step(
+            state, shard_batch({"image": batch["image"], "label": batch["label"]}, s.mesh), rng
+        )
+        m = to_host(m)
+        if int(m["nonfinite"]):
+            nonfinite_run += 1
+            if nonfinite_run >= cfg.max_nonfinite:
+                raise NonFiniteError(
+                    f"{nonfinite_run} consecutive steps had a non-finite loss or gradient "
+                    "(last: step "
+                    f"{step}); the updates were skipped. Lower config.optim.learning_rate, set "
+                    "config.optim.grad_clip_norm, or use precision=float32."
+                )
+            continue
+        nonfinite_run = 0
+        acc_loss += float(m["loss"])
+        acc_acc += float(m["accuracy"])
+        n_acc += 1
+        n_img += cfg.batch_size
+        done = step + 1
+        if bar is not None:
+            ips = n_img / max(time.perf_counter() - t0, 1e-9)
+            bar.set_postfix(
+                loss=f"{float(m['loss']):.3f}",
+                acc=f"{float(m['accuracy']):.3f}",
+                img_s=f"{ips:.0f}",
+            )
+            bar.update(1)
+        if done % every == 0 or done == s.total_steps:
+            row = {
+                "step": done,
+                "epoch": done / s.steps_per_epoch,
+                "train_loss": acc_loss / max(n_acc, 1),
+                "train_accuracy": acc_acc / max(n_acc, 1),
+                "img_per_s": n_img / max(time.perf_counter() - t0, 1e-9),
+            }
+            last_eval = evaluate(s, state, eval_step)
+            row.update(last_eval)
+            if lead:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+            ckpt.save(state, it, metrics={"top1": last_eval["top1"]})
+            acc_loss, acc_acc, n_acc = 0.0, 0.0, 0
+        elif ckpt.reached_preemption(done):
+            ckpt.save(state, it, force=True)
+            break
+    if bar is not None:
+        bar.close()
+    ckpt.wait()
+    ckpt.close()
+    summary: dict[str, Any] = {
+        "step": int(to_host(state.step)),
+        "workdir": workdir,
+        "checkpoints": ckpt_dir,
+    }
+    if end == s.total_steps:
+        if not last_eval:
+            last_eval = evaluate(s, state, eval_step)
+        summary.update(last_eval)
+        plot = os.path.join(workdir, "curves.png")
+        if lead:
+            plot_curves(metrics_path, plot)
+            summary["plot"] = plot
+            print(
+                f"done: {cfg.model} on {cfg.dataset} test top-1 {last_eval['top1']:.2%} top-5 "
+                f"{last_eval['top5']:.2%} after {summary['step']} steps; "
+                f"checkpoints {ckpt_dir}, metrics {metrics_path}, plot {plot}",
+                flush=True,
+            )
+    summary["state"] = state
+    return summary
+
+
+def evaluate_checkpoint(
+    cfg: Any, checkpoint_dir: str | None = None, *, step: int | None = None
+) -> dict[str, float]:
+    """Top-1/top-5 of a trained checkpoint, or of converted torch weights (``cfg.init_from``)."""
+    s = setup(cfg)
+    if checkpoint_dir:
+        state = Checkpointer(checkpoint_dir, async_save=False).restore(_fresh_state(s), step=step)
+    elif cfg.init_from.weights:
+        state = _fresh_state(s, variables=_initial_variables(s))
+    else:
+        raise ConfigError("evaluate needs --checkpoint DIR or --config.init_from.weights=FILE")
+    return evaluate(s, state)

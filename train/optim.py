@@ -1,0 +1,94 @@
+"""Optimisers and learning-rate schedules from optax, built from a config.
+
+* ``sgd`` (momentum, optionally Nesterov) with L2 weight decay added to the gradient, as
+  torch's SGD; ``adamw`` with decoupled decay. Either way the decay is masked off 1-D
+  parameters: BatchNorm scales and biases and every bias (the usual practice since
+  Goyal et al., 2017).
+* Schedules: ``constant``, ``step`` (divide by 10 at the given fractions of training),
+  ``cosine`` (linear warm-up, then cosine to zero); ``plateau`` additionally scales the
+  updates by optax's reduce-on-plateau on the training loss.
+* Gradient clipping by global norm; ``freeze_backbone`` zeroes every update outside the
+  classifier head (fine-tuning converted weights with a new head).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import optax
+
+__all__ = ["build_optimizer", "build_schedule", "decay_mask"]
+
+
+def build_schedule(cfg: Any, total_steps: int) -> optax.Schedule:
+    """``cfg.schedule`` over ``total_steps`` steps with peak ``cfg.learning_rate``."""
+    lr, warmup = cfg.learning_rate, int(cfg.get("warmup_steps", 0))
+    name = cfg.schedule
+    if name in ("constant", "plateau"):
+        main = optax.constant_schedule(lr)
+    elif name == "step":
+        bounds = {int(f * total_steps): 0.1 for f in cfg.get("step_fractions", (0.5, 0.75))}
+        main = optax.piecewise_constant_schedule(lr, bounds)
+    elif name == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_steps, warmup + 1))
+    else:
+        raise ValueError(f"unknown schedule {name!r}; use constant, step, cosine or plateau")
+    if warmup:
+        return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+    return main
+
+
+def decay_mask(params: Any) -> Any:
+    """True for weights that get weight decay: every parameter with more than one axis."""
+    return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def _head_labels(params: Any, head: str) -> Any:
+    def label(path, _):
+        return "train" if any(getattr(k, "key", None) == head for k in path) else "freeze"
+
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def build_optimizer(
+    cfg: Any, total_steps: int, *, head: str | None = None
+) -> optax.GradientTransformation:
+    """The optax transformation for ``cfg`` (fields documented in ``configs/default.py``)."""
+    sched = build_schedule(cfg, total_steps)
+    wd = float(cfg.get("weight_decay", 0.0))
+    if cfg.optimizer == "sgd":
+        tx = optax.chain(
+            optax.add_decayed_weights(wd, mask=decay_mask) if wd else optax.identity(),
+            optax.sgd(
+                sched,
+                momentum=cfg.get("momentum", 0.9) or None,
+                nesterov=cfg.get("nesterov", False),
+            ),
+        )
+    elif cfg.optimizer == "adamw":
+        tx = optax.adamw(
+            sched, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999), weight_decay=wd, mask=decay_mask
+        )
+    else:
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use sgd or adamw")
+    parts = []
+    if cfg.get("grad_clip_norm", 0):
+        parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
+    parts.append(tx)
+    if cfg.schedule == "plateau":
+        parts.append(
+            optax.contrib.reduce_on_plateau(
+                factor=cfg.get("plateau_factor", 0.1),
+                patience=cfg.get("plateau_patience", 10),
+                accumulation_size=cfg.get("plateau_accumulation", 10),
+            )
+        )
+    tx = optax.chain(*parts)
+    if cfg.get("freeze_backbone", False):
+        if not head:
+            raise ValueError("freeze_backbone needs the model's classifier name")
+        tx = optax.multi_transform(
+            {"train": tx, "freeze": optax.set_to_zero()}, lambda p: _head_labels(p, head)
+        )
+    return tx

@@ -1,0 +1,325 @@
+"""Train and eval steps: pure functions, jitted over a 1-D ``data`` mesh of every device.
+
+Data parallelism is ``jax.jit`` with ``NamedSharding``: the state is replicated, the global
+batch is split over the ``data`` axis (across all local devices and, under
+``jax.distributed``, across processes), and XLA inserts the collectives. The loss is the
+mean over the *global* batch, so gradients are averaged across devices by construction.
+
+BatchNorm under plain ``jit`` sees the global batch, i.e. synchronised BN (the default).
+``bn_groups = G > 1`` computes the statistics per group instead (torch DDP's and MLPerf's
+per-device / per-device-group BN): the batch is reshaped to ``(G, B/G, ...)`` and the model
+is ``vmap``-ed over the groups with shared parameters; each group's running-stat update is
+averaged. With ``G`` = the device count each device's slice is one group (per-device BN),
+and because the grouping is defined on the batch, not on the hardware, one device with
+``G`` groups computes exactly what ``G`` devices do.
+
+The non-finite guard: a step whose loss or gradients are not finite keeps the old params,
+optimizer state, batch_stats and EMA (``jnp.where`` on every leaf) and reports
+``nonfinite = 1``; the loop stops after ``max_nonfinite`` in a row.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from .augment import augment_batch, cutmix, mixup
+
+__all__ = [
+    "StepConfig",
+    "TrainState",
+    "batch_sharding",
+    "create_train_state",
+    "make_eval_step",
+    "make_mesh",
+    "make_train_step",
+    "replicated",
+    "shard_batch",
+    "to_host",
+]
+
+
+@struct.dataclass
+class TrainState:
+    """Everything a step changes. ``ema_params`` is ``None`` unless EMA is on."""
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    ema_params: Any = None
+
+
+@struct.dataclass
+class StepConfig:
+    """Static settings of the train step (hashable, part of the compiled program)."""
+
+    num_classes: int = struct.field(pytree_node=False)
+    mean: tuple[float, ...] = struct.field(pytree_node=False, default=(0.5,))
+    std: tuple[float, ...] = struct.field(pytree_node=False, default=(0.5,))
+    label_smoothing: float = struct.field(pytree_node=False, default=0.0)
+    aux_loss_weight: float = struct.field(pytree_node=False, default=0.3)
+    bn_groups: int = struct.field(pytree_node=False, default=1)
+    ema_decay: float = struct.field(pytree_node=False, default=0.0)
+    augment: tuple = struct.field(pytree_node=False, default=())
+    mixup_alpha: float = struct.field(pytree_node=False, default=0.0)
+    cutmix_alpha: float = struct.field(pytree_node=False, default=0.0)
+    distill_alpha: float = struct.field(pytree_node=False, default=0.0)
+    distill_temperature: float = struct.field(pytree_node=False, default=4.0)
+    distill_hard: bool = struct.field(pytree_node=False, default=False)
+
+
+def make_mesh(devices: list | None = None) -> Mesh:
+    """A 1-D mesh named ``data`` over ``devices`` (default: every device of every process)."""
+    return Mesh(np.array(devices if devices is not None else jax.devices()), ("data",))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P("data"))
+
+
+def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """This process's slice of the global batch -> global arrays split over ``data``."""
+    sh = batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(sh, np.asarray(v)) for k, v in batch.items()}
+
+
+def to_host(tree: Any) -> Any:
+    """Fetch replicated arrays as numpy, also when they span processes."""
+    return jax.tree.map(
+        lambda a: np.asarray(a.addressable_data(0)) if isinstance(a, jax.Array) else a, tree
+    )
+
+
+def create_train_state(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    rng: jax.Array,
+    input_shape: tuple[int, ...],
+    mesh: Mesh,
+    *,
+    ema: bool = False,
+    variables: Mapping[str, Any] | None = None,
+) -> TrainState:
+    """Initialise (or take ``variables``) and place the state replicated on ``mesh``.
+
+    The model's init is compiled once per (model, shape, mesh) and reused; the optimizer
+    state is built eagerly from the replicated parameters.
+    """
+    rep = replicated(mesh)
+    if variables is None:
+        variables = _init_fn(model, tuple(input_shape), mesh)(rng)
+    v = jax.device_put(dict(variables), rep)
+    params = v["params"]
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=v.get("batch_stats", {}),
+        opt_state=tx.init(params),
+        ema_params=jax.tree.map(jnp.copy, params) if ema else None,
+    )
+    return jax.device_put(state, rep)
+
+
+@functools.lru_cache(maxsize=16)
+def _init_fn(model: nn.Module, input_shape: tuple[int, ...], mesh: Mesh) -> Callable:
+    def init(rng):
+        return model.init(rng, jnp.zeros(input_shape, jnp.float32))
+
+    return jax.jit(init, out_shardings=replicated(mesh))
+
+
+def _normalise(x: jax.Array, cfg: StepConfig) -> jax.Array:
+    mean = jnp.asarray(cfg.mean, jnp.float32)
+    std = jnp.asarray(cfg.std, jnp.float32)
+    return (x - mean) / std
+
+
+def _split_outputs(out: Any) -> tuple[jax.Array, list[jax.Array]]:
+    """Models with auxiliary heads return ``(logits, aux1, ...)`` in train mode."""
+    if isinstance(out, (tuple, list)):
+        return out[0], list(out[1:])
+    return out, []
+
+
+def _xent(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def _apply(model, variables, x, rng, bn_groups):
+    """Train-mode forward; per-group BN statistics when ``bn_groups > 1``."""
+
+    def fwd(v, xs, key):
+        return model.apply(v, xs, train=True, mutable=["batch_stats"], rngs={"dropout": key})
+
+    if bn_groups <= 1:
+        return fwd(variables, x, rng)
+    b = x.shape[0]
+    if b % bn_groups:
+        raise ValueError(f"batch {b} is not divisible by bn_groups={bn_groups}")
+    xs = x.reshape(bn_groups, b // bn_groups, *x.shape[1:])
+    out, upd = jax.vmap(fwd, in_axes=(None, 0, 0))(variables, xs, jax.random.split(rng, bn_groups))
+    out = jax.tree.map(lambda o: o.reshape(b, *o.shape[2:]), out)
+    upd = jax.tree.map(lambda s: jnp.mean(s, axis=0), upd)
+    return out, upd
+
+
+def make_train_step(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    cfg: StepConfig,
+    mesh: Mesh,
+    *,
+    teacher: tuple[nn.Module, Any] | None = None,
+) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
+    """``train_step(state, batch, rng) -> (state, metrics)``, jitted, state donated.
+
+    ``batch``: ``image`` float32 ``(B, H, W, C)`` in [0, 1], ``label`` int ``(B,)``.
+    ``teacher``: ``(module, variables)`` for knowledge distillation (Hinton et al., 2015):
+    the loss is ``(1 - a) * CE(labels) + a * T^2 * KL(teacher_T || student_T)``, or with
+    ``distill_hard`` the CE against the teacher's argmax (hard pseudo-labels).
+    """
+    aug = dict(cfg.augment)
+    if cfg.distill_alpha and teacher is None:
+        raise ValueError("distill_alpha > 0 needs a teacher model")
+
+    def step(state: TrainState, batch: dict, rng: jax.Array):
+        rng = jax.random.fold_in(rng, state.step)
+        k_aug, k_mix, k_drop = jax.random.split(rng, 3)
+        x = augment_batch(k_aug, batch["image"], aug)
+        x = _normalise(x, cfg)
+        labels = batch["label"]
+        targets = jax.nn.one_hot(labels, cfg.num_classes)
+        if cfg.mixup_alpha or cfg.cutmix_alpha:
+            k_choice, k_m = jax.random.split(k_mix)
+            if cfg.mixup_alpha and cfg.cutmix_alpha:
+                use_cut = jax.random.bernoulli(k_choice)
+                xm, tm = mixup(k_m, x, targets, cfg.mixup_alpha)
+                xc, tc = cutmix(k_m, x, targets, cfg.cutmix_alpha)
+                x, targets = jnp.where(use_cut, xc, xm), jnp.where(use_cut, tc, tm)
+            elif cfg.mixup_alpha:
+                x, targets = mixup(k_m, x, targets, cfg.mixup_alpha)
+            else:
+                x, targets = cutmix(k_m, x, targets, cfg.cutmix_alpha)
+        if cfg.label_smoothing:
+            targets = optax.smooth_labels(targets, cfg.label_smoothing)
+        t_logits = None
+        if teacher is not None and cfg.distill_alpha:
+            t_model, t_vars = teacher
+            t_logits = jax.lax.stop_gradient(
+                _split_outputs(t_model.apply(t_vars, x, train=False))[0].astype(jnp.float32)
+            )
+
+        def loss_fn(params):
+            out, upd = _apply(
+                model,
+                {"params": params, "batch_stats": state.batch_stats},
+                x,
+                k_drop,
+                cfg.bn_groups,
+            )
+            logits, aux = _split_outputs(out)
+            logits = logits.astype(jnp.float32)
+            loss = jnp.mean(_xent(logits, targets))
+            for a in aux:
+                loss = loss + cfg.aux_loss_weight * jnp.mean(_xent(a, targets))
+            if t_logits is not None:
+                a = cfg.distill_alpha
+                if cfg.distill_hard:
+                    pseudo = jax.nn.one_hot(jnp.argmax(t_logits, -1), cfg.num_classes)
+                    kd = jnp.mean(_xent(logits, pseudo))
+                else:
+                    t = cfg.distill_temperature
+                    p_t = jax.nn.softmax(t_logits / t)
+                    kd = (
+                        t
+                        * t
+                        * jnp.mean(
+                            jnp.sum(
+                                p_t
+                                * (
+                                    jax.nn.log_softmax(t_logits / t)
+                                    - jax.nn.log_softmax(logits / t)
+                                ),
+                                -1,
+                            )
+                        )
+                    )
+                loss = (1 - a) * loss + a * kd
+            return loss, (logits, upd.get("batch_stats", state.batch_stats))
+
+        (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        finite = jnp.isfinite(loss) & jnp.all(
+            jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
+        )
+        updates, new_opt = tx.update(grads, state.opt_state, state.params, value=loss)
+        new_params = optax.apply_updates(state.params, updates)
+        new_ema = state.ema_params
+        if state.ema_params is not None:
+            d = cfg.ema_decay
+            new_ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, state.ema_params, new_params)
+        keep = partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
+        new_state = TrainState(
+            step=state.step + 1,
+            params=keep(new_params, state.params),
+            batch_stats=keep(new_stats, state.batch_stats),
+            opt_state=keep(new_opt, state.opt_state),
+            ema_params=None if new_ema is None else keep(new_ema, state.ema_params),
+        )
+        metrics = {
+            "loss": loss,
+            "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
+            "grad_norm": optax.tree.norm(grads),
+            "nonfinite": (~finite).astype(jnp.int32),
+        }
+        return new_state, metrics
+
+    rep = replicated(mesh)
+    return jax.jit(
+        step,
+        in_shardings=(rep, batch_sharding(mesh), rep),
+        out_shardings=(rep, rep),
+        donate_argnums=(0,),
+    )
+
+
+def make_eval_step(
+    model: nn.Module, cfg: StepConfig, mesh: Mesh, *, use_ema: bool = False
+) -> Callable:
+    """``eval_step(state, batch) -> {loss_sum, top1, top5, count}`` summed over the global
+    batch; examples with ``mask == False`` (padding) do not count."""
+
+    def step(state: TrainState, batch: dict):
+        params = state.ema_params if use_ema and state.ema_params is not None else state.params
+        x = _normalise(batch["image"], cfg)
+        out = model.apply({"params": params, "batch_stats": state.batch_stats}, x, train=False)
+        logits = _split_outputs(out)[0].astype(jnp.float32)
+        labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
+        loss = _xent(logits, jax.nn.one_hot(labels, cfg.num_classes))
+        k = min(5, cfg.num_classes)
+        topk = jax.lax.top_k(logits, k)[1]
+        hit = topk == labels[:, None]
+        return {
+            "loss_sum": jnp.sum(loss * mask),
+            "top1": jnp.sum(hit[:, 0] * mask),
+            "top5": jnp.sum(jnp.any(hit, -1) * mask),
+            "count": jnp.sum(mask),
+        }
+
+    rep = replicated(mesh)
+    return jax.jit(step, in_shardings=(rep, batch_sharding(mesh)), out_shardings=rep)
