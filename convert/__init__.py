@@ -13,6 +13,7 @@ torch is imported only when a function here needs it.
 from . import (  # noqa: F401
     alexnet,
     convnext,
+    efficientnet,
     fcn,
     googlenet,
     inception,

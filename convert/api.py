@@ -90,10 +90,13 @@ def _spec_of(module: nn.Module) -> ModelSpec | None:
     # A module built from the registry carries the family's rules; find them by class.
     from .._registry import _REGISTRY
 
-    for spec in _REGISTRY.values():
-        if spec.cls is type(module):
-            return spec
-    return None
+    # Where one class serves several families (EfficientNet, MobileNet), the variant whose
+    # config the module matches best.
+    def matches(spec: ModelSpec) -> int:
+        return sum(getattr(module, k, None) == v for k, v in spec.config.items())
+
+    candidates = [s for s in _REGISTRY.values() if s.cls is type(module)]
+    return max(candidates, key=matches, default=None)
 
 
 def from_torch(

@@ -3,7 +3,7 @@
 from .activations import ACTIVATIONS, get_act, hard_sigmoid, hard_swish, relu6
 from .basic_conv import BasicConv2d
 from .checks import check_image_input
-from .conv import Conv2d, kaiming_normal_fan_out
+from .conv import Conv2d, DepthwiseConv2d, depthwise_conv2d_shift, kaiming_normal_fan_out
 from .conv_transpose import ConvTranspose2d, conv_transpose_output_size
 from .drop import Dropout2d, DropPath
 from .interpolate import interpolate
@@ -26,6 +26,7 @@ __all__ = [
     "BatchNorm2d",
     "Conv2d",
     "ConvTranspose2d",
+    "DepthwiseConv2d",
     "DropPath",
     "Dropout2d",
     "LayerNorm",
@@ -37,6 +38,7 @@ __all__ = [
     "check_image_input",
     "conv_padding",
     "conv_transpose_output_size",
+    "depthwise_conv2d_shift",
     "get_act",
     "global_avg_pool",
     "global_max_pool",

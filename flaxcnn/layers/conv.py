@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import flax.linen as nn
 import jax
@@ -11,7 +12,12 @@ from jax import lax
 
 from .padding import Padding, conv_padding, pair
 
-__all__ = ["Conv2d", "kaiming_normal_fan_out"]
+__all__ = [
+    "Conv2d",
+    "DepthwiseConv2d",
+    "depthwise_conv2d_shift",
+    "kaiming_normal_fan_out",
+]
 
 # torchvision initialises ResNet-style convs with kaiming_normal_(mode="fan_out", nonlinearity="relu").
 kaiming_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -71,4 +77,106 @@ class Conv2d(nn.Module):
         if self.use_bias:
             bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
             y = y + bias.astype(dtype)
+        return y
+
+
+def _explicit_padding(
+    padding: Padding, size: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int]
+):
+    """Per-side padding ``((top, bottom), (left, right))`` of a torch or TF-'SAME' spec."""
+    if isinstance(padding, str):
+        if padding.lower() == "valid":
+            return ((0, 0), (0, 0))
+        if padding.lower() != "same":
+            raise ValueError(f"padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
+        out = []
+        for n, k, s in zip(size, kernel, stride, strict=True):
+            total = max((-(-n // s) - 1) * s + k - n, 0)  # TF: the extra pixel goes bottom/right
+            out.append((total // 2, total - total // 2))
+        return tuple(out)
+    ph, pw = pair(padding)
+    return ((ph, ph), (pw, pw))
+
+
+@partial(jax.jit, static_argnames=("stride", "padding"))
+def depthwise_conv2d_shift(
+    x: jax.Array, kernel: jax.Array, stride: tuple[int, int], padding
+) -> jax.Array:
+    """Depthwise conv as a sum of ``kh * kw`` strided slices times per-channel weights.
+
+    ``kernel`` is ``(kh, kw, 1, C)``. The same result as ``lax.conv_general_dilated`` with
+    ``feature_group_count=C`` up to float32 summation order, but XLA's CPU backend runs it
+    7-14x faster forward and 10-45x faster backward (measured on EfficientNet's
+    depthwise shapes, 3x3 and 5x5, stride 1 and 2), where grouped convs are a known weak spot.
+    """
+    kh, kw = kernel.shape[:2]
+    (pt, pb), (pl, pr) = padding
+    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    sh, sw = stride
+    oh = (xp.shape[1] - kh) // sh + 1
+    ow = (xp.shape[2] - kw) // sw + 1
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            tap = (
+                lax.slice(
+                    xp,
+                    (0, i, j, 0),
+                    (xp.shape[0], i + (oh - 1) * sh + 1, j + (ow - 1) * sw + 1, xp.shape[3]),
+                    (1, sh, sw, 1),
+                )
+                * kernel[i, j, 0]
+            )
+            out = tap if out is None else out + tap
+    return out
+
+
+class DepthwiseConv2d(nn.Module):
+    """A depthwise ``torch.nn.Conv2d`` (``groups == in_channels == out_channels``), NHWC.
+
+    Parameters are :class:`Conv2d`'s (``kernel`` ``(kh, kw, 1, C)``, ``bias``), so weights
+    convert the same way. ``impl``: ``'shift'`` computes it as shifted slices
+    (:func:`depthwise_conv2d_shift`, much faster under XLA on CPU), ``'conv'`` as a grouped
+    ``lax`` convolution, ``'auto'`` (default) picks ``'shift'`` on CPU and ``'conv'`` on
+    accelerators, whose grouped-conv kernels were not measured here.
+    """
+
+    kernel_size: int | Sequence[int] = 3
+    stride: int | Sequence[int] = 1
+    padding: Padding = 0
+    use_bias: bool = True
+    impl: str = "auto"
+    dtype: jnp.dtype | None = None
+    param_dtype: jnp.dtype = jnp.float32
+    kernel_init: nn.initializers.Initializer = kaiming_normal_fan_out
+    bias_init: nn.initializers.Initializer = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.impl not in ("auto", "shift", "conv"):
+            raise ValueError(f"impl must be 'auto', 'shift' or 'conv', got {self.impl!r}")
+        c = x.shape[-1]
+        k, s = pair(self.kernel_size), pair(self.stride)
+        kernel = self.param("kernel", self.kernel_init, (*k, 1, c), self.param_dtype)
+        dtype = self.dtype or jnp.result_type(x.dtype, self.param_dtype)
+        x, kernel = x.astype(dtype), kernel.astype(dtype)
+        impl = (
+            self.impl
+            if self.impl != "auto"
+            else ("shift" if jax.default_backend() == "cpu" else "conv")
+        )
+        if impl == "shift":
+            pad = _explicit_padding(self.padding, x.shape[1:3], k, s)
+            y = depthwise_conv2d_shift(x, kernel, s, pad)
+        else:
+            y = lax.conv_general_dilated(
+                x,
+                kernel,
+                window_strides=s,
+                padding=conv_padding(self.padding),
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                feature_group_count=c,
+            )
+        if self.use_bias:
+            y = y + self.param("bias", self.bias_init, (c,), self.param_dtype).astype(dtype)
         return y

@@ -1,0 +1,108 @@
+"""The block-string builder of the MobileNet/EfficientNet family, against timm's and
+torchvision's own arithmetic, and the family's conversion quirks (TF 'SAME' padding,
+torchvision's differently named heads)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import flaxcnn
+from flaxcnn.models import efficientnet as E
+
+FAMILY = [n for n in flaxcnn.list_models() if flaxcnn.get_model_spec(n).cls is E.EfficientNet]
+
+
+@pytest.mark.parametrize("v", [1, 7.5, 8, 12, 18, 30, 36, 44.8, 88.08, 120, 184, 403.2, 1792])
+@pytest.mark.parametrize("divisor", [4, 8])
+def test_make_divisible_matches_sources(v, divisor):
+    from timm.layers import make_divisible
+    from torchvision.models._utils import _make_divisible
+
+    assert E.make_divisible(v, divisor) == make_divisible(v, divisor) == _make_divisible(v, divisor)
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_decoded_stages_match_timm(name):
+    """Repeats and channels per block equal timm's decoder (depth scaling, multi-kind stages)."""
+    from timm.models._efficientnet_builder import decode_arch_def, round_channels
+
+    cfg = flaxcnn.get_model_spec(name).config
+    arch = cfg["arch"]
+    depth, width = cfg.get("depth_multiplier", 1.0), cfg.get("width_multiplier", 1.0)
+    fix = cfg.get("fix_first_last", False)
+    ours = E.decode_arch(arch, depth, fix)
+    theirs = decode_arch_def([line.split() for line in arch], depth, fix_first_last=fix)
+    assert [len(s) for s in ours] == [len(s) for s in theirs]
+    for s_ours, s_theirs in zip(ours, theirs, strict=True):
+        for a, b in zip(s_ours, s_theirs, strict=True):
+            assert round_channels(a.out_chs, width) == round_channels(b["out_chs"], width)
+            assert a.kernel == b.get(
+                "dw_kernel_size", b.get("exp_kernel_size", b.get("kernel_size"))
+            )
+            assert a.stride == b["stride"]
+
+
+def test_block_string_errors():
+    with pytest.raises(ValueError, match="unknown block type 'xx'"):
+        E.decode_arch(["xx_r1_k3_s1_c16"])
+    with pytest.raises(ValueError, match="unknown option 'q7'"):
+        E.decode_arch(["ir_r1_k3_s1_e6_c16_q7"])
+    with pytest.raises(ValueError, match=r"missing option\(s\) \['c'\]"):
+        E.decode_arch(["ir_r1_k3_s1_e6"])
+
+
+def test_depth_scaling_shares_repeats_from_the_last_kind():
+    # timm's rule: a stage "1 x A, 1 x B, 2 x C" scaled by 1.5 -> ceil(6) = 6 blocks, 1/2/3.
+    (stage,) = E.decode_arch(["ir_r1_k3_s2_e6_c80 ir_r1_k3_s1_e2.5_c80 ir_r2_k3_s1_e2.3_c80"], 1.5)
+    assert [a.exp_ratio for a in stage] == [6.0, 2.5, 2.5, 2.3, 2.3, 2.3]
+
+
+def test_features_and_bad_fields():
+    model = flaxcnn.create_model("mobilenetv3_small_100", num_classes=0)
+    x = jnp.zeros((1, 64, 64, 3))
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    assert jax.eval_shape(model.apply, variables, x).shape == (1, 1024)
+    with pytest.raises(ValueError, match="padding must be"):
+        flaxcnn.create_model("efficientnet_b0", padding="valid").init(jax.random.key(0), x)
+
+
+def test_tf_same_padding_is_asymmetric_and_needed():
+    """At 97x131, stride-2 convs pad TF-'SAME' asymmetrically: the tf_ model only matches
+    timm with it (and a symmetric-padding twin does not)."""
+    import timm
+    import torch
+
+    from flaxcnn.convert import from_torch
+
+    torch.manual_seed(0)
+    tm = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+    x = np.random.default_rng(0).standard_normal((1, 3, 97, 131), dtype=np.float32)
+    with torch.no_grad():
+        ref = tm(torch.from_numpy(x)).numpy()
+    xj = jnp.asarray(x.transpose(0, 2, 3, 1))
+    diffs = {}
+    for padding in ("same", ""):
+        module, variables = from_torch("tf_efficientnet_lite0", tm, source="timm", padding=padding)
+        diffs[padding] = float(np.max(np.abs(np.asarray(module.apply(variables, xj)) - ref)))
+    bound = 1e-4 * max(1.0, float(np.max(np.abs(ref))))
+    assert diffs["same"] <= bound
+    assert diffs[""] > 100 * bound
+
+
+@pytest.mark.parametrize(
+    ("tv_name", "head"),
+    [("mobilenet_v3_small", "classifier.3"), ("efficientnet_b0", "classifier.1")],
+)
+def test_torchvision_head_names_give_num_classes(tv_name, head):
+    """torchvision's final Linear sits at a position in ``classifier``; the converter reads
+    num_classes (and in_chans) through the family's renames."""
+    import torchvision
+
+    from flaxcnn.convert import from_torch
+
+    tm = torchvision.models.get_model(tv_name, weights=None, num_classes=10)
+    assert f"{head}.weight" in tm.state_dict()
+    module, variables = from_torch(tv_name, tm, source="torchvision")
+    assert module.num_classes == 10
+    assert variables["params"]["classifier"]["kernel"].shape[-1] == 10
