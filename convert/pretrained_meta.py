@@ -41,8 +41,8 @@ def _torchvision_entries(name: str, src_name: str) -> list[dict[str, Any]]:
             if p.default is not inspect.Parameter.empty
         }
         kw = {**defaults, **tf.keywords}
-        if "crop_size" not in kw:  # segmentation presets (FCN): not classification weights
-            continue
+        if "crop_size" not in kw or w.meta.get("categories") is None:
+            continue  # segmentation presets (FCN) and headless feature weights (VGG16 FEATURES)
         crop, resize = int(kw["crop_size"]), int(kw["resize_size"])
         metrics = w.meta.get("_metrics", {}).get("ImageNet-1K", {})
         out.append(
