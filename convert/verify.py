@@ -248,7 +248,11 @@ def verify(
                 check.stats_bound = stats_rtol
             checks.append(check)
     if export:
-        checks.append(_export_check(name, source, module, variables, tmodel, sizes[-1], rtol, rng))
+        checks.append(
+            _export_check(
+                name, source, apply_eval, variables, tmodel, (batch, c, *sizes[-1]), rtol, rng
+            )
+        )
     tmodel.load_state_dict(initial_state)
     return VerifyResult(source, name, spec.name, torch_params, flax_params, checks)
 
@@ -267,7 +271,12 @@ def _perturbed(variables, seed: int = 0):
     return out
 
 
-def _export_check(name, source, module, variables, tmodel, size, rtol, rng) -> CheckResult:
+def _export_check(name, source, apply_eval, variables, tmodel, shape, rtol, rng) -> CheckResult:
+    """Perturbed variables -> to_torch -> strict load -> same eval output as Flax.
+
+    ``apply_eval`` is verify's jitted eval function and ``shape`` one it was compiled for,
+    so the export check costs no extra compilation.
+    """
     import torch
 
     from .export import to_torch
@@ -276,17 +285,13 @@ def _export_check(name, source, module, variables, tmodel, size, rtol, rng) -> C
     sd = to_torch(name, trained, source=source, reference=tmodel.state_dict())
     tmodel.load_state_dict(sd, strict=True)
     tmodel.eval()
-    x = rng.standard_normal((1, module_channels(module), *size), dtype=np.float32)
+    x = rng.standard_normal(shape, dtype=np.float32)
     with torch.no_grad():
         ref = _outputs(tmodel(torch.from_numpy(x)))
-    got = _outputs(module.apply(trained, jnp.asarray(x.transpose(0, 2, 3, 1))))
+    got = _outputs(apply_eval(trained, jnp.asarray(x.transpose(0, 2, 3, 1))))
     diff = max(float(np.max(np.abs(g - r))) for g, r in zip(got, ref, strict=True))
     ref_max = max(float(np.max(np.abs(r))) for r in ref)
-    return CheckResult("export", size, diff, ref_max, rtol * max(1.0, ref_max))
-
-
-def module_channels(module) -> int:
-    return getattr(module, "in_chans", 3)
+    return CheckResult("export", tuple(shape[2:]), diff, ref_max, rtol * max(1.0, ref_max))
 
 
 def _mapping(module, tmodel, source, spec):

@@ -4,7 +4,15 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Multi-device code is tested on simulated CPU devices; must be set before jax is imported.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# The suite is dominated by XLA:CPU compile time (hundreds of models, each compiled a few times,
+# run once on tiny batches): skip LLVM's expensive optimisation passes. Measured: ResNet-50 init
+# compile 17 s -> 11 s, DenseNet-121 forward+backward compile 86 s -> 53 s. Results stay IEEE
+# float32; every numerical bound is unchanged.
+os.environ.setdefault(
+    "XLA_FLAGS",
+    "--xla_force_host_platform_device_count=8 "
+    "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true",
+)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # timm must never download in tests
 
 import jax

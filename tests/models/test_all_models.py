@@ -48,22 +48,46 @@ def test_model_contract(name):
     variables = jax.jit(model.init)(jax.random.key(0), x)
     assert set(variables) <= {"params", "batch_stats"}
     assert {a.dtype for a in jax.tree.leaves(variables)} == {jnp.dtype("float32")}
+    has_bn = "batch_stats" in variables
+    model16 = flaxcnn.create_model(name, num_classes=7, dtype=jnp.bfloat16)
+    shapes16 = jax.eval_shape(model16.init, jax.random.key(0), x)
+    assert {a.dtype for a in jax.tree.leaves(shapes16)} == {jnp.dtype("float32")}
 
-    # Eval (the default): right shape, finite.
-    out = model.apply(variables, x)
+    def loss(params, batch_stats):
+        out, _ = model.apply(
+            {"params": params, **({"batch_stats": batch_stats} if has_bn else {})},
+            x,
+            train=True,
+            mutable=["batch_stats"],
+            rngs={"dropout": jax.random.key(3)},
+        )
+        # Every head (aux classifiers, segmentation 'out'/'aux') contributes, so every
+        # parameter must receive a gradient.
+        return sum(jnp.mean(jax.nn.log_softmax(v)[..., 0]) for v in jax.tree.leaves(out))
+
+    @jax.jit
+    def everything(v, x):
+        """All the checks' computations in one compilation (compiling dominates on CPU)."""
+        out = model.apply(v, x)
+        _, state = model.apply(v, x, mutable=True)
+        train = model.apply(
+            v, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(2)}
+        )
+        grads = jax.grad(loss)(v["params"], v.get("batch_stats", {}))
+        return out, state, train, grads, model16.apply(v, x)
+
+    out, state, (out_train, new_state), grads, out16 = everything(variables, x)
+
+    # Eval (the default), jitted: right shape, finite.
     assert _main(out).shape == expected
     assert _finite(out)
 
     # Eval mode changes no state.
-    _, state = model.apply(variables, x, mutable=True)
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(variables), strict=True):
         np.testing.assert_array_equal(a, b)
 
     # Train mode: batch statistics, every running statistic updated.
-    if "batch_stats" in variables:
-        out_train, new_state = model.apply(
-            variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(2)}
-        )
+    if has_bn:
         if isinstance(out_train, tuple):  # (logits, *aux logits): GoogLeNet, Inception v3
             assert all(a.shape == expected for a in out_train)
         assert _main(out_train).shape == expected
@@ -76,29 +100,12 @@ def test_model_contract(name):
         )
         assert all(jax.tree.leaves(changed)), "train mode should update every running statistic"
 
-    # A jitted training gradient: finite, and every parameter receives one.
-    def loss(params, batch_stats):
-        logits, _ = model.apply(
-            {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})},
-            x,
-            train=True,
-            mutable=["batch_stats"],
-            rngs={"dropout": jax.random.key(3)},
-        )
-        # Every head (aux classifiers, segmentation 'out'/'aux') contributes, so every
-        # parameter must receive a gradient.
-        return sum(jnp.mean(jax.nn.log_softmax(v)[..., 0]) for v in jax.tree.leaves(logits))
-
-    grads = jax.jit(jax.grad(loss))(variables["params"], variables.get("batch_stats", {}))
+    # The training gradient: finite, and every parameter receives one.
     flat = jax.tree.leaves_with_path(grads)
     assert all(np.isfinite(np.asarray(g)).all() for _, g in flat)
     dead = [jax.tree_util.keystr(p) for p, g in flat if not np.any(np.asarray(g))]
     assert not dead, f"parameters with an all-zero gradient: {dead[:5]}"
 
-    # bf16 compute with the same float32 variables; output in bf16, close to float32.
-    model16 = flaxcnn.create_model(name, num_classes=7, dtype=jnp.bfloat16)
-    shapes16 = jax.eval_shape(model16.init, jax.random.key(0), x)
-    assert {a.dtype for a in jax.tree.leaves(shapes16)} == {jnp.dtype("float32")}
-    out16 = model16.apply(variables, x)
+    # bf16 compute with the same float32 variables: bf16 outputs, finite.
     assert {a.dtype for a in jax.tree.leaves(out16)} == {jnp.dtype(jnp.bfloat16)}
     assert _finite(out16)
