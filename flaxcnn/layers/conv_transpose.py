@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from .padding import pair
+from .params import shaped_param
 
 __all__ = ["ConvTranspose2d", "conv_transpose_output_size"]
 
@@ -84,13 +85,13 @@ class ConvTranspose2d(nn.Module):
                     f"{self.name}: output_padding {out_pad} must be smaller than stride {stride} "
                     f"or dilation {dil} (as torch requires)"
                 )
-        kernel = self.param(
-            "kernel", self.kernel_init, (kh, kw, self.features // g, in_ch), self.param_dtype
+        kernel = shaped_param(
+            self, "kernel", self.kernel_init, (kh, kw, self.features // g, in_ch), self.param_dtype
         )
         dtype = self.dtype or jnp.result_type(x.dtype, self.param_dtype)
         y = _conv_transpose(x.astype(dtype), kernel.astype(dtype), stride, padding, out_pad, dil, g)
         if self.use_bias:
-            bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            bias = shaped_param(self, "bias", self.bias_init, (self.features,), self.param_dtype)
             y = y + bias.astype(dtype)
         return y
 

@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from .params import shaped_param
+
 __all__ = ["LayerNorm"]
 
 
@@ -29,9 +31,9 @@ class LayerNorm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         c = x.shape[-1]
-        scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
+        scale = shaped_param(self, "scale", nn.initializers.ones, (c,), self.param_dtype)
         bias = (
-            self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
+            shaped_param(self, "bias", nn.initializers.zeros, (c,), self.param_dtype)
             if self.use_bias
             else None
         )

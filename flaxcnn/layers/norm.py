@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from .params import shaped_param
+
 __all__ = ["BatchNorm2d"]
 
 
@@ -49,9 +51,15 @@ class BatchNorm2d(nn.Module):
         ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
         scale = (
-            self.param("scale", self.scale_init, (c,), self.param_dtype) if self.use_scale else None
+            shaped_param(self, "scale", self.scale_init, (c,), self.param_dtype)
+            if self.use_scale
+            else None
         )
-        bias = self.param("bias", self.bias_init, (c,), self.param_dtype) if self.use_bias else None
+        bias = (
+            shaped_param(self, "bias", self.bias_init, (c,), self.param_dtype)
+            if self.use_bias
+            else None
+        )
 
         if train:
             xf = x.astype(jnp.float32)

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from .._registry import register_model
 from ..layers import Conv2d, DropPath, LayerNorm, check_image_input, global_avg_pool
 from ..layers.activations import gelu
+from ..layers.params import shaped_param
 
 __all__ = ["ConvNeXt", "ConvNeXtBlock", "ConvNeXtStage"]
 
@@ -64,8 +65,8 @@ class ConvNeXtBlock(nn.Module):
         )
         y = self.norm(name="norm")(y)
         y = Mlp(self.mlp_ratio * c, self.dense, name="mlp")(y)
-        gamma = self.param(
-            "gamma", nn.initializers.constant(self.ls_init_value), (c,), self.param_dtype
+        gamma = shaped_param(
+            self, "gamma", nn.initializers.constant(self.ls_init_value), (c,), self.param_dtype
         )
         y = y * gamma.astype(y.dtype)
         return DropPath(self.drop_path, name="drop_path")(y, train=train) + x
