@@ -484,6 +484,14 @@ EFFICIENTNET = (
     "ir_r1_k3_s1_e6_c320_se0.25",
 )
 EFFICIENTNET_LITE = tuple(s.replace("_se0.25", "") for s in EFFICIENTNET)
+EFFICIENTNET_V2_BASE = (  # timm's tf_efficientnetv2_b0 (the paper's scaled-down V2)
+    "cn_r1_k3_s1_e1_c16_skip",
+    "er_r2_k3_s2_e4_c32",
+    "er_r2_k3_s2_e4_c48",
+    "ir_r3_k3_s2_e4_c96_se0.25",
+    "ir_r5_k3_s1_e6_c112_se0.25",
+    "ir_r8_k3_s2_e6_c192_se0.25",
+)
 EFFICIENTNET_V2_S = (
     "cn_r2_k3_s1_e1_c24_skip",
     "er_r4_k3_s2_e4_c48",
@@ -753,6 +761,17 @@ def _v2(v: str, tf: bool) -> Callable[..., nn.Module]:
     )
 
 
+# The smallest V2, TF port only; registered first, so the family's concrete checks use it.
+TFEfficientNetV2B0 = _reg(
+    "tf_efficientnetv2_b0",
+    "TFEfficientNetV2B0",
+    "efficientnet_v2",
+    {"timm": "tf_efficientnetv2_b0"},
+    size=192,
+    arch=EFFICIENTNET_V2_BASE,
+    stem_size=32,
+    **_TF,
+)
 EfficientNetV2S = _v2("s", tf=False)
 EfficientNetV2M = _v2("m", tf=False)
 EfficientNetV2L = _v2("l", tf=False)
