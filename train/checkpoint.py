@@ -1,11 +1,12 @@
 """Checkpoints with orbax's ``CheckpointManager``: train state + grain iterator state.
 
 Each step directory holds two items: ``state`` (params, batch_stats, optimizer state,
-step, EMA; ``StandardSave``) and ``data`` (every process's grain iterator position), so a
-resumed run continues with exactly the next batch. Saves are asynchronous and atomic
-(orbax writes to a temporary directory and renames it), the last ``keep`` checkpoints are
-kept plus the best one by eval top-1, and a preemption signal (when the JAX distributed
-runtime reports one) triggers a save at the next step.
+step, EMA, the dynamic loss scale and its growth count; ``StandardSave``) and ``data``
+(every process's grain iterator position), so a resumed run continues with exactly the
+next batch. Saves are asynchronous and atomic (orbax writes to a temporary directory and
+renames it), the last ``keep`` checkpoints are kept plus the best one by eval top-1, and a
+preemption signal (when the JAX distributed runtime reports one) triggers a save at the
+next step.
 
 Restoring takes the shardings of the state it restores into, not those that were saved:
 a checkpoint written on 8 devices restores on 1 and vice versa.
@@ -14,6 +15,7 @@ a checkpoint written on 8 devices restores on 1 and vice versa.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import grain
@@ -21,7 +23,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
-from .steps import TrainState
+from .steps import LossScale, TrainState
 
 __all__ = ["CheckpointError", "Checkpointer"]
 
@@ -39,16 +41,23 @@ def _as_tree(state: TrainState) -> dict[str, Any]:
     }
     if state.ema_params is not None:
         tree["ema_params"] = state.ema_params
+    if state.loss_scale is not None:
+        tree["loss_scale"] = {
+            "scale": state.loss_scale.scale,
+            "good_steps": state.loss_scale.good_steps,
+        }
     return tree
 
 
 def _from_tree(tree: dict[str, Any]) -> TrainState:
+    ls = tree.get("loss_scale")
     return TrainState(
         step=tree["step"],
         params=tree["params"],
         batch_stats=tree["batch_stats"],
         opt_state=tree["opt_state"],
         ema_params=tree.get("ema_params"),
+        loss_scale=None if ls is None else LossScale(ls["scale"], ls["good_steps"]),
     )
 
 
@@ -123,6 +132,29 @@ class Checkpointer:
             args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
         out = self.manager.restore(step, args=ocp.args.Composite(**args))
         return _from_tree(out["state"])
+
+    def restore_variables(
+        self, like: Mapping[str, Any], *, step: int | None = None
+    ) -> dict[str, Any]:
+        """Only ``params`` and ``batch_stats`` (a teacher for distillation), into the shapes,
+        dtypes and shardings of ``like``. Whatever else the checkpoint holds (optimizer state
+        of any optimizer, EMA, loss scale) is not read, so it need not match ``like``."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"no checkpoint in {self.directory}")
+        tree = {"params": like["params"], "batch_stats": like.get("batch_stats", {})}
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+        restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), tree)
+        # The "state" item is written by StandardCheckpointHandler in the PyTree format, which
+        # PyTreeCheckpointer can read in part.
+        path = os.path.join(self.directory, str(step), "state")
+        with ocp.PyTreeCheckpointer() as reader:
+            return reader.restore(
+                path,
+                args=ocp.args.PyTreeRestore(
+                    item=abstract, restore_args=restore_args, partial_restore=True
+                ),
+            )
 
     def reached_preemption(self, step: int) -> bool:
         return self.manager.reached_preemption(step)

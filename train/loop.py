@@ -1,8 +1,14 @@
-"""The training job: config in, trained checkpoint, metrics, plot and summary out."""
+"""The training job: config in, trained checkpoint, metrics, plot and summary out.
+
+Metrics go to ``<workdir>/metrics.jsonl`` (one JSON object per evaluation) and, with
+``config.tensorboard``, as the same scalars (same names) to TensorBoard event files in the
+workdir, written by ``tensorboardX`` (no TensorFlow needed).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import time
@@ -66,15 +72,15 @@ class Setup:
 
 
 def _dtype(precision: str):
-    table = {"float32": None, "bfloat16": jnp.bfloat16}
+    table = {"float32": None, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
     if precision not in table:
         raise ConfigError(f"config.precision must be one of {sorted(table)}, got {precision!r}")
     return table[precision]
 
 
 def _head_name(model_name: str) -> str | None:
-    cls = flaxcnn.get_model_spec(model_name).classifier
-    return cls.replace(".", "_") if cls else None
+    """The registry's dotted classifier name (``fc``, ``classifier.6``, ``head.fc``)."""
+    return flaxcnn.get_model_spec(model_name).classifier
 
 
 def setup(cfg: Any, *, devices: list | None = None) -> Setup:
@@ -124,6 +130,17 @@ def setup(cfg: Any, *, devices: list | None = None) -> Setup:
             f"config.batch_size={cfg.batch_size} exceeds the train split ({len(train_source)})"
         )
     total = cfg.num_steps or cfg.num_epochs * steps_per_epoch
+    ls = cfg.loss_scale
+    if cfg.precision == "float16" and not (1 <= ls.initial < float("inf") and ls.period >= 1):
+        raise ConfigError(
+            "config.loss_scale needs a finite initial >= 1 and period >= 1, got "
+            f"initial={ls.initial}, period={ls.period}"
+        )
+    if cfg.tensorboard and importlib.util.find_spec("tensorboardX") is None:
+        raise ConfigError(
+            "config.tensorboard=True needs tensorboardX (in the [train] extra): "
+            "pip install tensorboardX, or set config.tensorboard=False"
+        )
     if cfg.batch_norm == "sync":
         bn_groups = 1
     elif cfg.batch_norm == "group":
@@ -148,6 +165,7 @@ def setup(cfg: Any, *, devices: list | None = None) -> Setup:
         distill_alpha=cfg.distill.alpha,
         distill_temperature=cfg.distill.temperature,
         distill_hard=cfg.distill.hard,
+        loss_scale_period=int(cfg.loss_scale.period),
     )
     try:
         tx = build_optimizer(cfg.optim, total, head=_head_name(cfg.model))
@@ -220,8 +238,11 @@ def _teacher(s: Setup):
         d.teacher, num_classes=s.num_classes, in_chans=s.info.in_chans, **dict(d.teacher_kwargs)
     )
     like = _fresh_state(s, t_model, jax.random.key(0), tx=_null_tx())
-    state = Checkpointer(d.checkpoint, async_save=False).restore(like)
-    return t_model, {"params": state.params, "batch_stats": state.batch_stats}
+    # Only the teacher's params and BN statistics: its optimizer state (whatever optimizer it
+    # was trained with), EMA and loss scale are not needed and need not match ``like``.
+    return t_model, Checkpointer(d.checkpoint, async_save=False).restore_variables(
+        {"params": like.params, "batch_stats": like.batch_stats}
+    )
 
 
 def _null_tx():
@@ -232,13 +253,16 @@ def _null_tx():
 
 def _fresh_state(s: Setup, model=None, rng=None, tx=None, variables=None) -> TrainState:
     shape = (1, s.cfg.image_size, s.cfg.image_size, s.info.in_chans)
+    own = model is None  # the model being trained, not a teacher
+    fp16 = own and s.cfg.precision == "float16"
     return create_train_state(
         model or s.model,
         tx or s.tx,
         rng if rng is not None else jax.random.key(s.cfg.seed),
         shape,
         s.mesh,
-        ema=s.cfg.ema_decay > 0 and model is None,
+        ema=s.cfg.ema_decay > 0 and own,
+        loss_scale=float(s.cfg.loss_scale.initial) if fp16 else None,
         variables=variables,
     )
 
@@ -324,6 +348,21 @@ def plot_curves(metrics_path: str, out_path: str) -> None:
     plt.close(fig)
 
 
+def _tensorboard_writer(workdir: str, *, resume: bool, start: int):
+    """A ``tensorboardX`` writer into ``workdir`` when ``config.tensorboard`` is set.
+
+    A fresh run removes earlier event files (as it does ``metrics.jsonl``); a resumed run
+    writes with ``purge_step=start`` so TensorBoard drops what the earlier run logged after
+    the checkpoint it resumes from."""
+    from tensorboardX import SummaryWriter
+
+    if not resume:
+        for name in os.listdir(workdir):
+            if name.startswith("events.out.tfevents."):
+                os.remove(os.path.join(workdir, name))
+    return SummaryWriter(workdir, purge_step=start if resume else None)
+
+
 def train(
     cfg: Any, *, resume: bool = False, devices: list | None = None, stop_at: int | None = None
 ) -> dict[str, Any]:
@@ -379,56 +418,77 @@ def train(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=s.total_steps, initial=start, unit="step", dynamic_ncols=True)
-    nonfinite_run, acc_loss, acc_acc, n_acc, t0, n_img = 0, 0.0, 0.0, 0, time.perf_counter(), 0
+    tb = None
+    if lead and cfg.tensorboard:
+        tb = _tensorboard_writer(workdir, resume=resume, start=start)
+    nonfinite_run, overflows = 0, 0
+    acc_loss, acc_acc, n_acc, t0, n_img = 0.0, 0.0, 0, time.perf_counter(), 0
     last_eval: dict[str, float] = {}
-    for step in range(start, end):
-        batch = next(it)
-        state, m = train_step(
-            state, shard_batch({"image": batch["image"], "label": batch["label"]}, s.mesh), rng
-        )
-        m = to_host(m)
-        if int(m["nonfinite"]):
-            nonfinite_run += 1
-            if nonfinite_run >= cfg.max_nonfinite:
-                raise NonFiniteError(
-                    f"{nonfinite_run} consecutive steps had a non-finite loss or gradient "
-                    "(last: step "
-                    f"{step}); the updates were skipped. Lower config.optim.learning_rate, set "
-                    "config.optim.grad_clip_norm, or use precision=float32."
-                )
-            continue
-        nonfinite_run = 0
-        acc_loss += float(m["loss"])
-        acc_acc += float(m["accuracy"])
-        n_acc += 1
-        n_img += cfg.batch_size
-        done = step + 1
-        if bar is not None:
-            ips = n_img / max(time.perf_counter() - t0, 1e-9)
-            bar.set_postfix(
-                loss=f"{float(m['loss']):.3f}",
-                acc=f"{float(m['accuracy']):.3f}",
-                img_s=f"{ips:.0f}",
+    try:
+        for step in range(start, end):
+            batch = next(it)
+            state, m = train_step(
+                state, shard_batch({"image": batch["image"], "label": batch["label"]}, s.mesh), rng
             )
-            bar.update(1)
-        if done % every == 0 or done == s.total_steps:
-            row = {
-                "step": done,
-                "epoch": done / s.steps_per_epoch,
-                "train_loss": acc_loss / max(n_acc, 1),
-                "train_accuracy": acc_acc / max(n_acc, 1),
-                "img_per_s": n_img / max(time.perf_counter() - t0, 1e-9),
-            }
-            last_eval = evaluate(s, state, eval_step)
-            row.update(last_eval)
-            if lead:
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(row) + "\n")
-            ckpt.save(state, it, metrics={"top1": last_eval["top1"]})
-            acc_loss, acc_acc, n_acc = 0.0, 0.0, 0
-        elif ckpt.reached_preemption(done):
-            ckpt.save(state, it, force=True)
-            break
+            m = to_host(m)
+            done = step + 1
+            n_img += cfg.batch_size
+            # A skipped step (non-finite, or a float16 loss-scale overflow) still advances the
+            # step counter, the data and the progress bar, and may be a checkpoint step: only
+            # its loss and accuracy stay out of the interval's means.
+            if int(m["nonfinite"]):
+                nonfinite_run += 1
+                if nonfinite_run >= cfg.max_nonfinite:
+                    raise NonFiniteError(
+                        f"{nonfinite_run} consecutive steps had a non-finite loss or gradient "
+                        f"(last: step {step}); the updates were skipped. Lower "
+                        "config.optim.learning_rate, set config.optim.grad_clip_norm, or use "
+                        "precision=float32."
+                    )
+            elif int(m.get("overflow", 0)):
+                # Expected under dynamic loss scaling: the step halved the scale. It neither
+                # counts towards nor resets the run of non-finite steps.
+                overflows += 1
+            else:
+                nonfinite_run = 0
+                acc_loss += float(m["loss"])
+                acc_acc += float(m["accuracy"])
+                n_acc += 1
+            if bar is not None:
+                ips = n_img / max(time.perf_counter() - t0, 1e-9)
+                bar.set_postfix(
+                    loss=f"{float(m['loss']):.3f}",
+                    acc=f"{float(m['accuracy']):.3f}",
+                    img_s=f"{ips:.0f}",
+                )
+                bar.update(1)
+            if done % every == 0 or done == s.total_steps:
+                row: dict[str, float] = {"step": done, "epoch": done / s.steps_per_epoch}
+                if n_acc:  # no means over an interval of skipped steps only
+                    row["train_loss"] = acc_loss / n_acc
+                    row["train_accuracy"] = acc_acc / n_acc
+                row["img_per_s"] = n_img / max(time.perf_counter() - t0, 1e-9)
+                if "loss_scale" in m:
+                    row["loss_scale"] = float(m["loss_scale"])
+                    row["overflow_steps"] = overflows
+                last_eval = evaluate(s, state, eval_step)
+                row.update(last_eval)
+                if lead:
+                    with open(metrics_path, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+                if tb is not None:
+                    for k, v in row.items():
+                        if k != "step":
+                            tb.add_scalar(k, v, done)
+                    tb.flush()
+                ckpt.save(state, it, metrics={"top1": last_eval["top1"]})
+                acc_loss, acc_acc, n_acc, overflows = 0.0, 0.0, 0, 0
+            elif ckpt.reached_preemption(done):
+                ckpt.save(state, it, force=True)
+                break
+    finally:
+        if tb is not None:
+            tb.close()
     if bar is not None:
         bar.close()
     ckpt.wait()

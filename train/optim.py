@@ -8,7 +8,8 @@
   ``cosine`` (linear warm-up, then cosine to zero); ``plateau`` additionally scales the
   updates by optax's reduce-on-plateau on the training loss.
 * Gradient clipping by global norm; ``freeze_backbone`` zeroes every update outside the
-  classifier head (fine-tuning converted weights with a new head).
+  classifier head (fine-tuning converted weights with a new head). BatchNorm running
+  statistics are not parameters: the backbone's still update in train mode.
 """
 
 from __future__ import annotations
@@ -44,17 +45,37 @@ def decay_mask(params: Any) -> Any:
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+def _in_head(keys: list[str], head: str) -> bool:
+    """Whether a parameter path lies under the classifier ``head``, a registry name such as
+    ``fc``, ``classifier.6`` or ``head.fc``. Models name submodules either flattened
+    (``classifier_6``, one key) or nested (``head`` / ``fc``, consecutive keys)."""
+    parts = head.split(".")
+    if "_".join(parts) in keys:
+        return True
+    n = len(parts)
+    return any(keys[i : i + n] == parts for i in range(len(keys) - n + 1))
+
+
 def _head_labels(params: Any, head: str) -> Any:
     def label(path, _):
-        return "train" if any(getattr(k, "key", None) == head for k in path) else "freeze"
+        keys = [str(getattr(k, "key", k)) for k in path]
+        return "train" if _in_head(keys, head) else "freeze"
 
-    return jax.tree_util.tree_map_with_path(label, params)
+    labels = jax.tree_util.tree_map_with_path(label, params)
+    if "train" not in jax.tree.leaves(labels):
+        raise ValueError(
+            f"freeze_backbone: no parameter lies under the classifier {head!r}; nothing would train"
+        )
+    return labels
 
 
 def build_optimizer(
     cfg: Any, total_steps: int, *, head: str | None = None
 ) -> optax.GradientTransformation:
-    """The optax transformation for ``cfg`` (fields documented in ``configs/default.py``)."""
+    """The optax transformation for ``cfg`` (fields documented in ``configs/default.py``).
+
+    ``head``: the model's classifier as the registry names it (``fc``, ``head.fc``), for
+    ``freeze_backbone``."""
     sched = build_schedule(cfg, total_steps)
     wd = float(cfg.get("weight_decay", 0.0))
     if cfg.optimizer == "sgd":

@@ -16,6 +16,18 @@ and because the grouping is defined on the batch, not on the hardware, one devic
 The non-finite guard: a step whose loss or gradients are not finite keeps the old params,
 optimizer state, batch_stats and EMA (``jnp.where`` on every leaf) and reports
 ``nonfinite = 1``; the loop stops after ``max_nonfinite`` in a row.
+
+Dynamic loss scaling (float16 compute; Micikevicius et al., "Mixed Precision Training",
+ICLR 2018): when the state carries a :class:`LossScale`, the loss is multiplied by its
+``scale`` before differentiation, so that small gradients survive float16's narrow range,
+and the float32 gradients are divided by it before the optimizer sees them. A step whose
+loss is finite but whose gradients are not is an *overflow*: it is skipped exactly as a
+non-finite step is, the scale halves, and it is reported as ``overflow = 1`` with
+``nonfinite = 0``, because it is the expected way the scale finds its level, not a sign of
+divergence. ``loss_scale_period`` finite steps in a row double the scale. Two cases still
+count as non-finite (and so towards the loop's stop): a non-finite *loss* (lowering the
+scale cannot fix the forward pass), and an overflow at the floor scale of 1 (no scaling is
+left to remove); neither changes the scale.
 """
 
 from __future__ import annotations
@@ -37,6 +49,8 @@ from jax.sharding import PartitionSpec as P
 from .augment import augment_batch, cutmix, mixup
 
 __all__ = [
+    "MIN_LOSS_SCALE",
+    "LossScale",
     "StepConfig",
     "TrainState",
     "batch_sharding",
@@ -50,15 +64,38 @@ __all__ = [
 ]
 
 
+MIN_LOSS_SCALE = 1.0  # the dynamic loss scale never halves below this
+
+
+@struct.dataclass
+class LossScale:
+    """Dynamic loss scale: the current ``scale`` (float32) and the number of consecutive
+    finite steps taken at it (``good_steps``, int32). Part of the state and the checkpoint,
+    so a resumed run continues with the same scale and growth count."""
+
+    scale: jax.Array
+    good_steps: jax.Array
+
+    @classmethod
+    def create(cls, initial: float) -> LossScale:
+        if not initial >= MIN_LOSS_SCALE or not np.isfinite(initial):
+            raise ValueError(
+                f"the initial loss scale must be finite and >= {MIN_LOSS_SCALE}, got {initial}"
+            )
+        return cls(scale=jnp.float32(initial), good_steps=jnp.zeros((), jnp.int32))
+
+
 @struct.dataclass
 class TrainState:
-    """Everything a step changes. ``ema_params`` is ``None`` unless EMA is on."""
+    """Everything a step changes. ``ema_params`` is ``None`` unless EMA is on;
+    ``loss_scale`` is ``None`` unless dynamic loss scaling (float16) is on."""
 
     step: jax.Array
     params: Any
     batch_stats: Any
     opt_state: Any
     ema_params: Any = None
+    loss_scale: LossScale | None = None
 
 
 @struct.dataclass
@@ -78,6 +115,7 @@ class StepConfig:
     distill_alpha: float = struct.field(pytree_node=False, default=0.0)
     distill_temperature: float = struct.field(pytree_node=False, default=4.0)
     distill_hard: bool = struct.field(pytree_node=False, default=False)
+    loss_scale_period: int = struct.field(pytree_node=False, default=2000)
 
 
 def make_mesh(devices: list | None = None) -> Mesh:
@@ -114,10 +152,12 @@ def create_train_state(
     mesh: Mesh,
     *,
     ema: bool = False,
+    loss_scale: float | None = None,
     variables: Mapping[str, Any] | None = None,
 ) -> TrainState:
     """Initialise (or take ``variables``) and place the state replicated on ``mesh``.
 
+    ``loss_scale``: the initial dynamic loss scale (float16 training), or ``None`` for none.
     The model's init is compiled once per (model, shape, mesh) and reused; the optimizer
     state is built eagerly from the replicated parameters.
     """
@@ -132,6 +172,7 @@ def create_train_state(
         batch_stats=v.get("batch_stats", {}),
         opt_state=tx.init(params),
         ema_params=jax.tree.map(jnp.copy, params) if ema else None,
+        loss_scale=None if loss_scale is None else LossScale.create(loss_scale),
     )
     return jax.device_put(state, rep)
 
@@ -193,6 +234,8 @@ def make_train_step(
     ``teacher``: ``(module, variables)`` for knowledge distillation (Hinton et al., 2015):
     the loss is ``(1 - a) * CE(labels) + a * T^2 * KL(teacher_T || student_T)``, or with
     ``distill_hard`` the CE against the teacher's argmax (hard pseudo-labels).
+    If ``state.loss_scale`` is set, the step scales the loss dynamically (module docstring)
+    and adds ``overflow`` and ``loss_scale`` (the scale this step used) to the metrics.
     """
     aug = dict(cfg.augment)
     if cfg.distill_alpha and teacher is None:
@@ -263,10 +306,24 @@ def make_train_step(
                 loss = (1 - a) * loss + a * kd
             return loss, (logits, upd.get("batch_stats", state.batch_stats))
 
-        (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        finite = jnp.isfinite(loss) & jnp.all(
-            jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
-        )
+        ls = state.loss_scale
+        if ls is None:
+            grad_fn = loss_fn
+        else:
+
+            def grad_fn(params):
+                loss, aux = loss_fn(params)
+                return loss * ls.scale, (loss, aux)
+
+        (out, aux), grads = jax.value_and_grad(grad_fn, has_aux=True)(state.params)
+        if ls is None:
+            loss, (logits, new_stats) = out, aux
+        else:
+            loss, (logits, new_stats) = aux
+            grads = jax.tree.map(lambda g: g / ls.scale, grads)
+        loss_ok = jnp.isfinite(loss)
+        grads_ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        finite = loss_ok & grads_ok
         updates, new_opt = tx.update(grads, state.opt_state, state.params, value=loss)
         new_params = optax.apply_updates(state.params, updates)
         new_ema = state.ema_params
@@ -274,19 +331,36 @@ def make_train_step(
             d = cfg.ema_decay
             new_ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, state.ema_params, new_params)
         keep = partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
+        new_ls, nonfinite = None, ~finite
+        if ls is not None:
+            overflow = loss_ok & ~grads_ok & (ls.scale > MIN_LOSS_SCALE)
+            nonfinite = ~finite & ~overflow
+            grow = finite & (ls.good_steps + 1 >= cfg.loss_scale_period)
+            new_ls = LossScale(
+                scale=jnp.where(
+                    overflow,
+                    jnp.maximum(ls.scale / 2, MIN_LOSS_SCALE),
+                    jnp.where(grow, ls.scale * 2, ls.scale),
+                ),
+                good_steps=jnp.where(finite & ~grow, ls.good_steps + 1, 0).astype(jnp.int32),
+            )
         new_state = TrainState(
             step=state.step + 1,
             params=keep(new_params, state.params),
             batch_stats=keep(new_stats, state.batch_stats),
             opt_state=keep(new_opt, state.opt_state),
             ema_params=None if new_ema is None else keep(new_ema, state.ema_params),
+            loss_scale=new_ls,
         )
         metrics = {
             "loss": loss,
             "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
             "grad_norm": optax.tree.norm(grads),
-            "nonfinite": (~finite).astype(jnp.int32),
+            "nonfinite": nonfinite.astype(jnp.int32),
         }
+        if ls is not None:
+            metrics["overflow"] = overflow.astype(jnp.int32)
+            metrics["loss_scale"] = ls.scale
         return new_state, metrics
 
     rep = replicated(mesh)

@@ -73,6 +73,7 @@ def test_resume_without_checkpoint_is_an_error(tiny_config, tmp_path, capsys):
         ({"num_classes": 100}, "has 10 classes"),
         ({"model_kwargs": {"widht": 3}}, "accepts"),
         ({"precision": "fp8"}, "precision"),
+        ({"precision": "float16", "loss_scale": {"initial": 0.5, "period": 10}}, "loss_scale"),
     ],
 )
 def test_bad_config_fails_at_start_with_a_hint(tiny_config, tmp_path, override, message):
@@ -80,6 +81,19 @@ def test_bad_config_fails_at_start_with_a_hint(tiny_config, tmp_path, override, 
     cfg.update(override)
     with pytest.raises(loop.ConfigError, match=message):
         loop.setup(cfg)
+
+
+def test_tensorboard_without_tensorboardx_fails_at_start(tiny_config, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "tensorboardX" else real(name, *a),
+    )
+    with pytest.raises(loop.ConfigError, match="pip install tensorboardX"):
+        loop.setup(tiny_config(str(tmp_path), tensorboard=True))
 
 
 def test_cli_overrides_are_typed():
@@ -106,3 +120,76 @@ def test_short_run_reaches_stated_accuracy(tiny_config, tmp_path):
     cfg.optim.learning_rate = 0.2
     out = loop.train(cfg)
     assert out["top1"] >= 0.90, out
+
+
+def _scalars(workdir) -> list[tuple[str, int, float]]:
+    """``(tag, step, value)`` of every scalar in the TensorBoard event files in ``workdir``,
+    read by hand: TFRecord framing (length, masked CRC32C, payload, masked CRC32C), checked,
+    then tensorboardX's ``Event`` protobuf."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+    from tensorboardX.record_writer import masked_crc32c
+
+    out = []
+    for name in sorted(os.listdir(workdir)):
+        if not name.startswith("events.out.tfevents."):
+            continue
+        data, pos = (workdir / name).read_bytes(), 0
+        while pos < len(data):
+            header = data[pos : pos + 8]
+            (n,) = struct.unpack("<Q", header)
+            assert struct.unpack("<I", data[pos + 8 : pos + 12])[0] == masked_crc32c(header)
+            payload = data[pos + 12 : pos + 12 + n]
+            assert struct.unpack("<I", data[pos + 12 + n : pos + 16 + n])[0] == masked_crc32c(
+                payload
+            )
+            pos += 16 + n
+            event = Event.FromString(payload)
+            out += [(v.tag, event.step, v.simple_value) for v in event.summary.value]
+    return out
+
+
+def test_float16_overflows_neither_stop_nor_block_checkpoints_and_tensorboard(
+    tiny_config, tmp_path
+):
+    """LeNet-5 in float16 from a loss scale of 2**60: every step overflows and is skipped,
+    yet with ``max_nonfinite=1`` the run goes on (overflows are not non-finite steps), the
+    skipped steps 2 and 4 still evaluate and checkpoint, and the loss scale is resumed from
+    the checkpoint (4 halvings in all, not 2 after a restart at 2**60). With
+    ``tensorboard=True`` the JSON lines' scalars are also in TensorBoard event files. The
+    checkpoint then serves as a distillation teacher although it holds SGD momentum and a
+    loss scale (restoring the whole state into the teacher's used to fail on those)."""
+    cfg = tiny_config(
+        str(tmp_path),
+        model="lenet5",
+        model_kwargs={},
+        image_size=32,
+        precision="float16",
+        max_nonfinite=1,
+        tensorboard=True,
+        **{"loss_scale.initial": 2.0**60},
+    )
+    assert loop.train(cfg, stop_at=2)["step"] == 2
+    out = loop.train(cfg, resume=True)
+    assert out["step"] == 4
+    assert float(steps.to_host(out["state"].loss_scale.scale)) == 2.0**56
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["loss_scale"], r["overflow_steps"]) for r in rows] == [
+        (2, 2.0**59, 2),
+        (4, 2.0**57, 2),
+    ]
+    assert not any("train_loss" in r for r in rows)  # no means over skipped steps only
+    scalars = _scalars(tmp_path)
+    assert {t for t, _, _ in scalars} == set(rows[0]) - {"step"}
+    assert sorted((s, v) for t, s, v in scalars if t == "loss_scale") == [
+        (2, 2.0**59),
+        (4, 2.0**57),
+    ]
+    assert [v for t, s, v in scalars if t == "top1" and s == 4] == [pytest.approx(out["top1"])]
+
+    student = tiny_config(str(tmp_path / "student"), image_size=32)
+    student.distill.update(alpha=0.5, teacher="lenet5", checkpoint=str(tmp_path / "checkpoints"))
+    _, variables = loop._teacher(loop.setup(student))
+    got, want = steps.to_host((variables["params"], out["state"].params))
+    jax.tree.map(np.testing.assert_array_equal, got, want)

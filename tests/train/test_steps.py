@@ -1,6 +1,10 @@
 """The train step: one device equals eight (both BatchNorm modes), the non-finite guard,
-mixed precision and the optimizer's weight-decay mask."""
+mixed precision (bfloat16; float16 with dynamic loss scaling), EMA, distillation, and the
+optimizer's weight-decay mask, frozen backbone and reduce-on-plateau."""
 
+from typing import Any
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -131,3 +135,244 @@ def test_optimizers_and_schedules_build_and_update(name, schedule):
     assert float(sched(0)) == 0.0 and float(sched(2)) == pytest.approx(0.1)  # linear warm-up
     if schedule == "step":
         assert float(sched(60)) == pytest.approx(0.01) and float(sched(80)) == pytest.approx(0.001)
+
+
+# --- Cheap step tests: a minimal conv + BatchNorm classifier, each compiling one small step. ---
+
+SMALL = (16, 8, 8, 1)
+
+
+class _Tiny(nn.Module):
+    """Conv, BatchNorm, ReLU, global average pool, classifier ``fc``: the parts the step
+    treats specially (BN statistics, a named head), with a train step that compiles in about
+    a second."""
+
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        x = nn.Conv(4, (3, 3), dtype=self.dtype, name="conv")(x)
+        x = nn.BatchNorm(use_running_average=not train, dtype=self.dtype, name="bn")(x)
+        return nn.Dense(10, dtype=self.dtype, name="fc")(nn.relu(x).mean(axis=(1, 2)))
+
+
+def _images(seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "image": rng.random(SMALL, dtype=np.float32),
+        "label": rng.integers(0, 10, SMALL[0]).astype(np.int32),
+    }
+
+
+def _changed(a, b):
+    return jax.tree.map(lambda x, y: bool(np.any(x != y)), a, b)
+
+
+@pytest.fixture(scope="module")
+def fp16_ema_step():
+    """The tiny model computing in float16, with EMA (decay 0.5) and dynamic loss scaling
+    that doubles after 2 finite steps: one compiled step for the tests below;
+    ``state(scale)`` makes a fresh float32 state with that initial loss scale."""
+    model, mesh, tx = _Tiny(jnp.float16), steps.make_mesh(), optax.sgd(0.1, momentum=0.9)
+    cfg = steps.StepConfig(10, ema_decay=0.5, loss_scale_period=2)
+    step = steps.make_train_step(model, tx, cfg, mesh)
+
+    def state(scale):
+        return steps.create_train_state(
+            model, tx, jax.random.key(0), (1, *SMALL[1:]), mesh, ema=True, loss_scale=scale
+        )
+
+    return state, lambda st, batch: step(st, steps.shard_batch(batch, mesh), jax.random.key(1))
+
+
+def test_float16_step_is_finite_and_keeps_float32_params(fp16_ema_step):
+    make_state, step = fp16_ema_step
+    state = make_state(2.0**10)
+    before = steps.to_host(state)
+    state, m = step(state, _images())
+    m, after = steps.to_host(m), steps.to_host(state)
+    assert np.isfinite(m["loss"]) and m["nonfinite"] == 0 and m["overflow"] == 0
+    assert m["loss_scale"] == 2.0**10 and int(after.loss_scale.good_steps) == 1
+    assert all(jax.tree.leaves(_changed(after.params, before.params)))
+    assert all(jax.tree.leaves(_changed(after.batch_stats, before.batch_stats)))
+    for leaf in jax.tree.leaves((after.params, after.batch_stats, after.opt_state)):
+        assert leaf.dtype == np.float32, leaf.dtype
+
+
+def test_ema_after_one_step_is_the_decayed_average(fp16_ema_step):
+    """EMA arithmetic is on the float32 parameters whatever the compute dtype."""
+    make_state, step = fp16_ema_step
+    state = make_state(2.0**10)
+    old = steps.to_host(state.params)
+    state, _ = step(state, _images())
+    new, ema = steps.to_host((state.params, state.ema_params))
+    want = jax.tree.map(lambda o, n: 0.5 * o + 0.5 * n, old, new)
+    jax.tree.map(lambda e, w: np.testing.assert_allclose(e, w, rtol=1e-6, atol=1e-8), ema, want)
+    assert all(jax.tree.leaves(_changed(ema, old))) and all(jax.tree.leaves(_changed(ema, new)))
+
+
+def test_float16_overflow_skips_update_halves_scale_and_is_not_nonfinite(fp16_ema_step):
+    """A loss scale of 2**60 overflows float16 in the backward pass: the update is skipped
+    (params, BN statistics, optimizer state and EMA bitwise unchanged) and the scale halves,
+    reported as ``overflow``, not ``nonfinite`` (the loop's stop counts only the latter)."""
+    make_state, step = fp16_ema_step
+    state = make_state(2.0**60)
+    before = steps.to_host(state)
+    after, m = step(state, _images())
+    m, after = steps.to_host(m), steps.to_host(after)
+    assert np.isfinite(m["loss"]) and m["overflow"] == 1 and m["nonfinite"] == 0
+    assert float(after.loss_scale.scale) == 2.0**59 and int(after.loss_scale.good_steps) == 0
+    assert int(after.step) == int(before.step) + 1
+    for name in ("params", "batch_stats", "opt_state", "ema_params"):
+        jax.tree.map(np.testing.assert_array_equal, getattr(after, name), getattr(before, name))
+
+
+def test_float16_loss_scale_doubles_after_period_finite_steps(fp16_ema_step):
+    make_state, step = fp16_ema_step
+    state, used = make_state(2.0**8), []
+    for i in range(3):  # period 2: 256, 256, then doubled: 512
+        state, m = step(state, _images(seed=i))
+        m = steps.to_host(m)
+        assert m["overflow"] == 0 and m["nonfinite"] == 0
+        used.append(float(m["loss_scale"]))
+    ls = steps.to_host(state.loss_scale)
+    assert used == [2.0**8, 2.0**8, 2.0**9]
+    assert float(ls.scale) == 2.0**9 and int(ls.good_steps) == 1
+
+
+def test_float16_nonfinite_loss_counts_and_keeps_the_scale(fp16_ema_step):
+    """A NaN input makes the loss itself non-finite: lowering the scale cannot fix that, so
+    it counts towards the non-finite stop and the scale stays."""
+    make_state, step = fp16_ema_step
+    bad = _images()
+    bad["image"][0, 0, 0, 0] = np.nan
+    state, m = step(make_state(2.0**10), bad)
+    m = steps.to_host(m)
+    assert m["nonfinite"] == 1 and m["overflow"] == 0
+    assert float(steps.to_host(state.loss_scale.scale)) == 2.0**10
+
+
+@pytest.fixture(scope="module")
+def distill_setup():
+    """A student state and a sharper teacher (its ``fc`` x100, so that its softened
+    distribution is far from the student's near-uniform one), and jitted forwards: the
+    student's in train mode (BN on the batch, as in the step), the teacher's in eval mode."""
+    model, mesh, tx = _Tiny(), steps.make_mesh(), optax.sgd(0.1)
+    state = steps.create_train_state(model, tx, jax.random.key(0), (1, *SMALL[1:]), mesh)
+    t = steps.create_train_state(model, tx, jax.random.key(7), (1, *SMALL[1:]), mesh)
+    t_vars = steps.to_host({"params": t.params, "batch_stats": t.batch_stats})
+    t_vars["params"]["fc"] = {k: v * 100 for k, v in t_vars["params"]["fc"].items()}
+
+    @jax.jit
+    def student(v, x):
+        return model.apply(v, x, train=True, mutable=["batch_stats"])[0]
+
+    teacher = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    return model, mesh, tx, state, t_vars, student, teacher
+
+
+def _distill(distill_setup, *, temperature, hard):
+    """The step's loss with ``distill_alpha = 1``, and the student's and teacher's logits."""
+    model, mesh, tx, state, t_vars, student, teacher = distill_setup
+    cfg = steps.StepConfig(
+        10, distill_alpha=1.0, distill_temperature=temperature, distill_hard=hard
+    )
+    step = steps.make_train_step(model, tx, cfg, mesh, teacher=(model, t_vars))
+    batch = _images()
+    x = (batch["image"] - 0.5) / 0.5  # StepConfig's default mean and std
+    s_vars = steps.to_host({"params": state.params, "batch_stats": state.batch_stats})
+    s_logits = np.asarray(student(s_vars, x), np.float64)
+    t_logits = np.asarray(teacher(t_vars, x), np.float64)
+    # The step donates its input state: give it a copy so the fixture's state survives.
+    _, m = step(jax.tree.map(jnp.copy, state), steps.shard_batch(batch, mesh), jax.random.key(1))
+    return float(steps.to_host(m["loss"])), s_logits, t_logits
+
+
+def _log_softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def test_distillation_soft_targets_equal_hand_computed_kl(distill_setup):
+    t = 2.0
+    loss, s, te = _distill(distill_setup, temperature=t, hard=False)
+    log_pt, log_ps = _log_softmax(te / t), _log_softmax(s / t)
+    kl = t * t * np.mean(np.sum(np.exp(log_pt) * (log_pt - log_ps), -1))
+    reverse = t * t * np.mean(np.sum(np.exp(log_ps) * (log_ps - log_pt), -1))
+    assert loss == pytest.approx(kl, rel=1e-5)
+    assert abs(kl - reverse) > 0.05 * kl  # the check tells KL(teacher || student) apart
+
+
+def test_distillation_hard_pseudo_labels_equal_hand_computed_ce(distill_setup):
+    loss, s, te = _distill(distill_setup, temperature=4.0, hard=True)
+    rows = np.arange(len(s))
+    ce = -np.mean(_log_softmax(s)[rows, np.argmax(te, -1)])
+    assert loss == pytest.approx(ce, rel=1e-5)
+    ce_labels = -np.mean(_log_softmax(s)[rows, _images()["label"]])
+    assert abs(ce - ce_labels) > 1e-3  # the check tells pseudo-labels from the true labels
+
+
+def test_freeze_backbone_changes_only_the_classifier():
+    """Only ``fc`` moves (weight decay and momentum included); BN's running statistics are
+    not parameters and still update."""
+    from ml_collections import ConfigDict
+
+    model, mesh = _Tiny(), steps.make_mesh()
+    cfg = ConfigDict(
+        {"optimizer": "sgd", "learning_rate": 0.1, "schedule": "constant", "momentum": 0.9,
+         "weight_decay": 0.1, "freeze_backbone": True}
+    )  # fmt: skip
+    tx = optim.build_optimizer(cfg, 10, head="fc")
+    state = steps.create_train_state(model, tx, jax.random.key(0), (1, *SMALL[1:]), mesh)
+    before = steps.to_host((state.params, state.batch_stats))
+    step = steps.make_train_step(model, tx, steps.StepConfig(10), mesh)
+    state, _ = step(state, steps.shard_batch(_images(), mesh), jax.random.key(1))
+    after = steps.to_host((state.params, state.batch_stats))
+    assert set(after[0]) == {"conv", "bn", "fc"}
+    assert all(jax.tree.leaves(_changed(after[0]["fc"], before[0]["fc"])))
+    for name in ("conv", "bn"):
+        jax.tree.map(np.testing.assert_array_equal, after[0][name], before[0][name])
+    assert all(jax.tree.leaves(_changed(after[1], before[1])))
+
+
+def test_freeze_backbone_finds_nested_and_flattened_heads():
+    """Registry classifier names are dotted; modules are nested (``head`` / ``fc``, ConvNeXt)
+    or flattened (``classifier_6``, AlexNet). A head that matches nothing is an error."""
+    leaf = jnp.zeros(1)
+    nested = {"stem": {"w": leaf}, "head": {"fc": {"w": leaf}, "norm": {"w": leaf}}}
+    assert optim._head_labels(nested, "head.fc") == {
+        "stem": {"w": "freeze"},
+        "head": {"fc": {"w": "train"}, "norm": {"w": "freeze"}},
+    }
+    flat = {"features_0": {"w": leaf}, "classifier_6": {"w": leaf}, "classifier_1": {"w": leaf}}
+    assert optim._head_labels(flat, "classifier.6") == {
+        "features_0": {"w": "freeze"},
+        "classifier_6": {"w": "train"},
+        "classifier_1": {"w": "freeze"},
+    }
+    with pytest.raises(ValueError, match="nothing would train"):
+        optim._head_labels(flat, "fc")
+
+
+def test_reduce_on_plateau_scales_updates_after_patience():
+    from ml_collections import ConfigDict
+
+    cfg = ConfigDict(
+        {"optimizer": "sgd", "learning_rate": 1.0, "schedule": "plateau", "momentum": 0.0,
+         "plateau_factor": 0.5, "plateau_patience": 2, "plateau_accumulation": 2}
+    )  # fmt: skip
+    tx = optim.build_optimizer(cfg, 100)
+    params, grads = {"w": jnp.zeros(3)}, {"w": jnp.ones(3)}
+    update = jax.jit(lambda state, v: tx.update(grads, state, params, value=v))
+
+    def lr_scales(values):
+        state, out = tx.init(params), []
+        for v in values:
+            updates, state = update(state, jnp.float32(v))
+            out.append(-float(updates["w"][0]))
+        return out
+
+    # A flat loss: the first accumulation (2 values) sets the best, the next two do not
+    # improve on it; at the second (= patience) the scale drops, from the 6th update on.
+    assert lr_scales([1.0] * 8) == [1.0] * 5 + [0.5] * 3
+    assert lr_scales([8.0 - i for i in range(8)]) == [1.0] * 8  # improving: no drop

@@ -16,7 +16,12 @@ def get_config() -> ConfigDict:
     # Model: a registry name; model_kwargs override its fields (stem_type, drop_rate, ...).
     c.model = "resnet18"
     c.model_kwargs = ConfigDict({"stem_type": "cifar"})
-    c.precision = "float32"  # or "bfloat16": bf16 compute, float32 params and BN statistics
+    # "float32", "bfloat16" or "float16": half-precision compute, float32 params, optimizer
+    # state and BN statistics. float16 uses dynamic loss scaling: the loss is multiplied by a
+    # scale (starting at loss_scale.initial) that halves on every step whose gradients overflow
+    # (that step is skipped) and doubles after loss_scale.period finite steps in a row.
+    c.precision = "float32"
+    c.loss_scale = ConfigDict({"initial": 2.0**15, "period": 2000})
     # BatchNorm: "sync" (statistics over the global batch) or "group" (per group of
     # bn_group_devices devices, as torch DDP (1) or MLPerf (a few)).
     c.batch_norm = "sync"
@@ -84,6 +89,8 @@ def get_config() -> ConfigDict:
     c.workdir = "runs/default"
     c.checkpoint_every_steps = 0  # 0: every epoch
     c.keep_checkpoints = 2
-    c.max_nonfinite = 5  # consecutive non-finite steps before stopping
+    c.tensorboard = False  # also write the metrics as TensorBoard events into workdir
+    # Consecutive non-finite steps before stopping; float16 loss-scale overflows do not count.
+    c.max_nonfinite = 5
     c.progress = True
     return c
