@@ -272,7 +272,7 @@ class XceptionAligned(nn.Module):
                 drop_path=self.drop_path_rate * i / max(n - 1, 1),
                 name=f"blocks_{i}",
             )(x, train=train)
-        return _Head(self.num_classes, self.drop_rate, name="head")(x, train=train)
+        return _Head(self.num_classes, self.drop_rate, **dt, name="head")(x, train=train)
 
 
 class _Head(nn.Module):
@@ -280,6 +280,8 @@ class _Head(nn.Module):
 
     num_classes: int
     drop_rate: float = 0.0
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -287,7 +289,9 @@ class _Head(nn.Module):
         if self.num_classes == 0:
             return x
         x = nn.Dropout(self.drop_rate, deterministic=not train or self.drop_rate == 0.0)(x)
-        return nn.Dense(self.num_classes, name="fc")(x)
+        return nn.Dense(
+            self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="fc"
+        )(x)
 
 
 _PAPER = "Chollet, Xception: Deep Learning with Depthwise Separable Convolutions, CVPR 2017"
