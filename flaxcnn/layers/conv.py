@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from .padding import Padding, conv_padding, pair
+from .params import shaped_param
 
 __all__ = [
     "Conv2d",
@@ -58,7 +59,8 @@ class Conv2d(nn.Module):
                 f"must both be divisible by groups={self.groups}"
             )
         kh, kw = pair(self.kernel_size)
-        kernel = self.param(
+        kernel = shaped_param(
+            self,
             "kernel",
             self.kernel_init,
             (kh, kw, in_ch // self.groups, self.features),
@@ -75,7 +77,7 @@ class Conv2d(nn.Module):
             feature_group_count=self.groups,
         )
         if self.use_bias:
-            bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            bias = shaped_param(self, "bias", self.bias_init, (self.features,), self.param_dtype)
             y = y + bias.astype(dtype)
         return y
 
@@ -157,7 +159,7 @@ class DepthwiseConv2d(nn.Module):
             raise ValueError(f"impl must be 'auto', 'shift' or 'conv', got {self.impl!r}")
         c = x.shape[-1]
         k, s = pair(self.kernel_size), pair(self.stride)
-        kernel = self.param("kernel", self.kernel_init, (*k, 1, c), self.param_dtype)
+        kernel = shaped_param(self, "kernel", self.kernel_init, (*k, 1, c), self.param_dtype)
         dtype = self.dtype or jnp.result_type(x.dtype, self.param_dtype)
         x, kernel = x.astype(dtype), kernel.astype(dtype)
         impl = (
@@ -178,5 +180,5 @@ class DepthwiseConv2d(nn.Module):
                 feature_group_count=c,
             )
         if self.use_bias:
-            y = y + self.param("bias", self.bias_init, (c,), self.param_dtype).astype(dtype)
+            y = y + shaped_param(self, "bias", self.bias_init, (c,), self.param_dtype).astype(dtype)
         return y
