@@ -1,4 +1,5 @@
-"""SENet-154 (timm ``legacy_senet154``) verify preparation; names convert by the generic rule.
+"""Legacy SENet (timm ``legacy_senet154``, ``legacy_seresnext26_32x4d``) verify preparation;
+names convert by the generic rule.
 
 timm's SENet applies its classifier dropout functionally (``F.dropout(...,
 training=self.training)``), which switching dropout *modules* to eval cannot reach,

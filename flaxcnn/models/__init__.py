@@ -79,7 +79,7 @@ from .resnet import (
     WideResNet101_2,
 )
 from .resnetv2 import ResNetV2, ResNetV2_50, ResNetV2_101
-from .senet import SEBottleneck, SENet, SENet154
+from .senet import LegacySEResNeXt26_32x4d, SEBottleneck, SENet, SENet154
 from .unet import UNet, UNetBlock, UNetOriginal, UNetPadded
 from .vgg import VGG, VGG11, VGG11_BN, VGG13, VGG13_BN, VGG16, VGG16_BN, VGG19, VGG19_BN
 from .xception import LegacyXception, Xception, Xception41, Xception65, Xception71, XceptionAligned
@@ -127,6 +127,7 @@ __all__ = [
     "LeNet",
     "LeNet5",
     "LeNet5D2L",
+    "LegacySEResNeXt26_32x4d",
     "LegacyXception",
     "MobileNetV1_100",
     "MobileNetV1_125",

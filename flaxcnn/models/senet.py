@@ -1,14 +1,22 @@
-"""SENet-154: Hu et al., "Squeeze-and-Excitation Networks", CVPR 2018 (arXiv:1709.01507),
-as timm's ``legacy_senet154`` (the Cadene port of the authors' Caffe model).
+"""The Caffe-lineage SENets: Hu et al., "Squeeze-and-Excitation Networks", CVPR 2018
+(arXiv:1709.01507), as timm's ``legacy_*`` models (the Cadene port of the authors'
+Caffe weights): SENet-154 and the legacy SE-ResNeXt.
 
-SE-ResNet/SE-ResNeXt live in :mod:`flaxcnn.models.resnet` as ResNet options; SENet-154
-is its own module because its structure is not a ResNet configuration: a stem
-(``layer0``) of three 3x3 conv-BN-ReLU with a max pool *without padding* in ceil
-mode (kept for the Caffe weights), bottlenecks of width ``2 * planes`` then
-``4 * planes`` (64 groups), 3x3 (not 1x1) strided projection shortcuts in stages
-2-4, an SE reduction of exactly ``channels // 16`` (``se_module``) and a
-``last_linear`` classifier after dropout 0.2. Names mirror timm's module tree
-(``layer0/conv1``, ``layer3_12/se_module/fc1``, ``layer2_0/downsample_0``).
+The torchvision-style SE-ResNet/SE-ResNeXt (timm ``seresnet50``, ``seresnext50_32x4d``)
+live in :mod:`flaxcnn.models.resnet` as ResNet options; the legacy models are their own
+module because their structure is not a ResNet configuration: a stem (``layer0``) whose
+max pool has *no padding* and uses ceil mode (kept for the Caffe weights), an SE module
+of exactly ``channels // 16`` with biases (``se_module``), and a ``last_linear``
+classifier after dropout 0.2. The variants are data:
+
+* ``block="senet"`` (SENet-154): a stem of three 3x3 conv-BN-ReLU, bottlenecks of width
+  ``2 * planes`` then ``4 * planes`` (64 groups), 3x3 strided projection shortcuts in
+  stages 2-4;
+* ``block="seresnext"`` (``legacy_seresnext26_32x4d``): a 7x7 stem conv, ResNeXt
+  bottlenecks of width ``floor(planes * base_width / 64) * groups``, 1x1 shortcuts.
+
+Names mirror timm's module tree (``layer0/conv1``, ``layer3_12/se_module/fc1``,
+``layer2_0/downsample_0``).
 """
 
 from __future__ import annotations
@@ -37,9 +45,11 @@ ModuleDef = Callable[..., nn.Module]
 
 
 class SEBottleneck(nn.Module):
-    """1x1 (2 planes), grouped 3x3 (4 planes, strided), 1x1, SE, + shortcut, ReLU."""
+    """1x1 (``widths[0]``), grouped strided 3x3 (``widths[1]``), 1x1 (4 planes), SE,
+    + shortcut, ReLU: timm's ``SEBottleneck`` and ``SEResNeXtBottleneck``."""
 
     planes: int
+    widths: tuple[int, int]
     conv: ModuleDef
     norm: ModuleDef
     se: ModuleDef
@@ -53,9 +63,11 @@ class SEBottleneck(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         out_ch = self.planes * 4
         y = nn.relu(
-            self.norm(name="bn1")(self.conv(self.planes * 2, 1, name="conv1")(x), train=train)
+            self.norm(name="bn1")(self.conv(self.widths[0], 1, name="conv1")(x), train=train)
         )
-        y = self.conv(out_ch, 3, self.stride, padding=1, groups=self.groups, name="conv2")(y)
+        y = self.conv(self.widths[1], 3, self.stride, padding=1, groups=self.groups, name="conv2")(
+            y
+        )
         y = nn.relu(self.norm(name="bn2")(y, train=train))
         y = self.norm(name="bn3")(self.conv(out_ch, 1, name="conv3")(y), train=train)
         y = self.se(out_ch // self.reduction, name="se_module")(y)
@@ -67,29 +79,36 @@ class SEBottleneck(nn.Module):
 
 
 class Stem(nn.Module):
-    """timm's ``layer0``: three 3x3 conv-BN-ReLU (the first strided)."""
+    """timm's ``layer0``: three 3x3 conv-BN-ReLU (the first strided) for ``input_3x3``,
+    else one 7x7 stride-2 conv-BN-ReLU."""
 
     widths: Sequence[int]
     conv: ModuleDef
     norm: ModuleDef
+    kernel_size: int = 3
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        k = self.kernel_size
         for i, w in enumerate(self.widths):
-            x = self.conv(w, 3, 2 if i == 0 else 1, padding=1, name=f"conv{i + 1}")(x)
+            x = self.conv(w, k, 2 if i == 0 else 1, padding=k // 2, name=f"conv{i + 1}")(x)
             x = nn.relu(self.norm(name=f"bn{i + 1}")(x, train=train))
         return x
 
 
 class SENet(nn.Module):
-    """SENet-154 in NHWC (timm ``legacy_senet154``).
+    """A legacy SENet in NHWC (timm ``legacy_senet154``, ``legacy_seresnext26_32x4d``).
 
     Attributes:
         layers: blocks per stage (``(3, 8, 36, 3)``).
+        block: ``"senet"`` (SENet-154 bottleneck, three-3x3 stem) or ``"seresnext"``
+            (ResNeXt bottleneck of ``base_width``, 7x7 stem).
         groups: cardinality of the 3x3 convs.
+        base_width: ResNeXt width per group at ``planes=64`` (``"seresnext"`` only).
         reduction: SE reduction (rd channels = channels // reduction).
         inplanes: stem output width.
-        downsample_kernel_size: kernel of the stage 2-4 projection shortcuts (3, padding 1).
+        downsample_kernel_size: kernel of the stage 2-4 projection shortcuts (3, padding 1
+            for SENet-154).
         num_classes: classifier outputs; ``0`` returns the pooled features.
         in_chans: input channels.
         drop_rate: dropout before ``last_linear`` (0.2, as timm).
@@ -98,7 +117,9 @@ class SENet(nn.Module):
     """
 
     layers: Sequence[int] = (3, 8, 36, 3)
+    block: str = "senet"
     groups: int = 64
+    base_width: int = 4
     reduction: int = 16
     inplanes: int = 128
     downsample_kernel_size: int = 3
@@ -118,15 +139,22 @@ class SENet(nn.Module):
         norm = partial(BatchNorm2d, eps=self.bn_eps, momentum=self.bn_momentum, **dt)
         se = partial(SqueezeExcite, **dt)
 
-        x = Stem((64, 64, self.inplanes), conv, norm, name="layer0")(x, train=train)
+        if self.block not in ("senet", "seresnext"):
+            raise ValueError(f"SENet: block must be 'senet' or 'seresnext', got {self.block!r}")
+        senet = self.block == "senet"
+        stem = (64, 64, self.inplanes) if senet else (self.inplanes,)
+        x = Stem(stem, conv, norm, 3 if senet else 7, name="layer0")(x, train=train)
         x = max_pool2d(x, 3, 2, ceil_mode=True)  # no padding, ceil mode: the Caffe original's
         in_ch = self.inplanes
         for i, n in enumerate(self.layers):
             planes = 64 * 2**i
             stride = 1 if i == 0 else 2
+            width = planes * self.base_width // 64 * self.groups
+            widths = (planes * 2, planes * 4) if senet else (width, width)
             for j in range(n):
                 x = SEBottleneck(
                     planes,
+                    widths,
                     conv,
                     norm,
                     se,
@@ -145,6 +173,21 @@ class SENet(nn.Module):
         return nn.Dense(self.num_classes, name="last_linear", **dt)(x)
 
 
+LegacySEResNeXt26_32x4d = register_model(
+    "legacy_seresnext26_32x4d",
+    SENet,
+    family="senet",
+    camel="LegacySEResNeXt26_32x4d",
+    sources={"timm": "legacy_seresnext26_32x4d"},
+    classifier="last_linear",
+    first_conv="layer0.conv1",
+    paper="Hu et al., Squeeze-and-Excitation Networks, CVPR 2018",
+    layers=(2, 2, 2, 2),
+    block="seresnext",
+    groups=32,
+    inplanes=64,
+    downsample_kernel_size=1,
+)
 SENet154 = register_model(
     "legacy_senet154",
     SENet,
