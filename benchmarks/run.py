@@ -116,7 +116,7 @@ def bench_model(name: str, args, device) -> list[Row]:
     )
     yt = torch.from_numpy(y_np).to(device)
     jdev = jax.devices()[0]
-    xj, yj = jax.device_put(jnp.asarray(x_np), jdev), jax.device_put(jnp.asarray(y_np), jdev)
+    xj, yj = jax.device_put(x_np, jdev), jax.device_put(y_np, jdev)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
     # ---- flax steps

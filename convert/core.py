@@ -252,9 +252,10 @@ def convert_state_dict(
                 f"{key} -> {joined}: weights {tuple(arr.shape)}, model {tuple(want.shape)}"
             )
             continue
-        # A fresh numpy copy (never alias torch memory), then a device transfer: casting
-        # with jnp would compile a kernel per distinct shape (70 for EfficientNet-B0).
-        flat[target] = jnp.asarray(np.array(arr, dtype=want.dtype, copy=True))
+        # A fresh numpy copy (never alias torch memory), then a plain device transfer:
+        # casting with jnp, or even ``jnp.asarray`` of a numpy array (a ``jit(stage)``
+        # per distinct shape in JAX 0.10), compiles a kernel per shape (70 for EfficientNet-B0).
+        flat[target] = jax.device_put(np.array(arr, dtype=want.dtype, copy=True))
 
     report.missing = sorted(
         "/".join(p) for p in shapes if p not in flat and p not in _mismatched_targets(report)

@@ -35,7 +35,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
@@ -236,7 +235,7 @@ def verify(
                 _disable_dropout(tmodel)
             with torch.no_grad():
                 ref = _outputs(tmodel(torch.from_numpy(x)))
-            xj = jnp.asarray(x.transpose(0, 2, 3, 1))
+            xj = _to_device_nhwc(x)
             if train:
                 out, new_state = apply_train(variables, xj)
             else:
@@ -279,6 +278,12 @@ def _apply_fns(module):
     )
 
 
+def _to_device_nhwc(x: np.ndarray) -> jax.Array:
+    """NCHW numpy -> NHWC device array, by a plain transfer: ``jnp.asarray`` of a numpy
+    array compiles a ``jit(stage)`` kernel per distinct shape (JAX 0.10)."""
+    return jax.device_put(np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
+
+
 def _perturbed(variables, seed: int = 0):
     """Variables moved away from the torch values, as training in JAX would move them.
 
@@ -291,7 +296,7 @@ def _perturbed(variables, seed: int = 0):
         a = np.asarray(a)
         moved = a * (1 + 0.05 * rng.standard_normal(a.shape, dtype=np.float32))
         moved = moved + (0.02 if a.ndim == 1 else 0.0)
-        return jnp.asarray((np.abs(moved) if positive else moved).astype(a.dtype))
+        return jax.device_put((np.abs(moved) if positive else moved).astype(a.dtype))
 
     # batch_stats stay non-negative, so variances stay valid.
     return {
@@ -317,7 +322,7 @@ def _export_check(name, source, apply_eval, variables, tmodel, shape, rtol, rng)
     x = rng.standard_normal(shape, dtype=np.float32)
     with torch.no_grad():
         ref = _outputs(tmodel(torch.from_numpy(x)))
-    got = _outputs(apply_eval(trained, jnp.asarray(x.transpose(0, 2, 3, 1))))
+    got = _outputs(apply_eval(trained, _to_device_nhwc(x)))
     diff = max(float(np.max(np.abs(g - r))) for g, r in zip(got, ref, strict=True))
     ref_max = max(float(np.max(np.abs(r))) for r in ref)
     return CheckResult("export", tuple(shape[2:]), diff, ref_max, rtol * max(1.0, ref_max))

@@ -70,7 +70,6 @@ def _load_torch(source: str, name: str, weights: str | None, checkpoint: str | N
 
 
 def _cmd_convert(args) -> None:
-    import jax.numpy as jnp
     import torch
 
     from .convert import from_torch
@@ -89,7 +88,7 @@ def _cmd_convert(args) -> None:
     x = np.random.default_rng(0).standard_normal((1, c, h, w), dtype=np.float32)
     with torch.no_grad():
         ref = tmodel.eval()(torch.from_numpy(x)).numpy()
-    got = np.asarray(module.apply(variables, jnp.asarray(x.transpose(0, 2, 3, 1))))
+    got = np.asarray(module.apply(variables, x.transpose(0, 2, 3, 1)))
     diff, bound = float(np.abs(got - ref).max()), 1e-4 * max(1.0, float(np.abs(ref).max()))
     spec = flaxcnn.find_by_source(source, name)
     config = {k: getattr(module, k) for k in ("num_classes", "in_chans") if k in spec.fields}
@@ -111,7 +110,6 @@ def _cmd_convert(args) -> None:
 
 
 def _cmd_predict(args) -> None:
-    import jax.numpy as jnp
     from PIL import Image, UnidentifiedImageError
 
     from .preprocess import decode_predictions, preprocess
@@ -126,7 +124,7 @@ def _cmd_predict(args) -> None:
     module, variables = flaxcnn.create_model(args.model, pretrained=args.pretrained or True)
     tag = args.pretrained if args.pretrained else True
     cfg = flaxcnn.get_pretrained_cfg(args.model, tag if "." not in args.model else None)
-    batch = jnp.asarray(np.stack([preprocess(im, cfg) for im in images]))
+    batch = np.stack([preprocess(im, cfg) for im in images])
     logits = module.apply(variables, batch)
     for path, top in zip(args.images, decode_predictions(logits, k=args.top), strict=True):
         print(path)
