@@ -167,7 +167,10 @@ class DenseNet(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         check_image_input(x, self.in_chans, type(self).__name__)
         dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        conv = partial(Conv2d, use_bias=False, kernel_init=nn.initializers.kaiming_normal(), **dt)
+        # torchvision: nn.init.kaiming_normal_ (fan_in, untruncated normal); flax's kaiming_normal
+        # is truncated.
+        kaiming = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+        conv = partial(Conv2d, use_bias=False, kernel_init=kaiming, **dt)
         norm = partial(BatchNorm2d, eps=self.bn_eps, momentum=self.bn_momentum, **dt)
         x = Features(
             self.growth_rate,
