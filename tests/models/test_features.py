@@ -2,10 +2,14 @@
 
 Everything model-sized is traced with ``jax.eval_shape``, never compiled:
 
-* every model: ``features_only`` on a non-square ``H x (H + R)`` input (``R`` the largest
-  reduction) returns ``feature_info()``'s channels, and each map of reduction ``r`` is
-  exactly ``R / r`` wider than high -- the stride, checked exactly -- and no larger than
-  ``ceil(H / r)``; no classifier parameters are built;
+* every model: a well-formed ``feature_info()`` (stage order, strides up to 32, distinct
+  modules);
+* the first model of each family and of each feature layout (class, modules, reductions; variants differing only in
+  depth or width run the same feature code -- tracing all 91 would cost minutes): on a
+  non-square ``H x (H + R)`` input (``R`` the largest reduction) ``features_only`` returns
+  ``feature_info()``'s channels, each map of reduction ``r`` exactly ``R / r`` wider than
+  high -- the stride, checked exactly -- and no larger than ``ceil(H / r)``; no
+  classifier parameters are built;
 * the first model of each family: ``feature_info()`` equals timm's ``features_only``
   channels, reductions and module names (timm built on the meta device, no weights);
   the heads: ``num_classes=0`` gives ``(N, C)`` with ``C`` the classifier's input width,
@@ -29,6 +33,15 @@ CLASSIFIERS = [n for n, s in _REGISTRY.items() if s.task == "classification"]
 FIRST = list(
     {s.family: n for n, s in reversed(_REGISTRY.items()) if s.task == "classification"}.values()
 )
+
+
+def _layout(name):
+    info = flaxcnn.create_model(name, features_only=True).feature_info()
+    return flaxcnn.get_model_spec(name).cls, tuple((i["module"], i["reduction"]) for i in info)
+
+
+_FIRST_OF_LAYOUT = {_layout(n): n for n in reversed(CLASSIFIERS)}.values()
+TRACED = [n for n in CLASSIFIERS if n in _FIRST_OF_LAYOUT or n in FIRST]
 # Head modules besides the classifier, absent under features_only as in timm's.
 EXTRA_HEADS = {
     "EfficientNet": {"conv_head", "bn2"},
@@ -77,6 +90,16 @@ def _features(name):
 
 
 @pytest.mark.parametrize("name", CLASSIFIERS)
+def test_feature_info_is_well_formed(name):
+    info = flaxcnn.create_model(name, features_only=True).feature_info()
+    reductions = [i["reduction"] for i in info]
+    assert len(info) >= 3 and reductions == sorted(reductions) and reductions[-1] <= 32
+    assert all(r & (r - 1) == 0 for r in reductions)  # powers of two
+    assert len({i["module"] for i in info}) == len(info)
+    assert all(isinstance(i["num_chs"], int) and i["num_chs"] > 0 for i in info)
+
+
+@pytest.mark.parametrize("name", TRACED)
 def test_features_only_shapes_match_feature_info(name):
     model, x, feats, variables = _features(name)
     info = model.feature_info()
