@@ -6,6 +6,14 @@ from .checks import check_image_input
 from .conv import Conv2d, DepthwiseConv2d, depthwise_conv2d_shift, kaiming_normal_fan_out
 from .conv_transpose import ConvTranspose2d, conv_transpose_output_size
 from .drop import Dropout2d, DropPath
+from .features import (
+    POOL_TYPES,
+    FeatureMixin,
+    apply_global_pool,
+    check_global_pool,
+    feature_indices,
+    stage_info,
+)
 from .interpolate import interpolate
 from .layernorm import LayerNorm
 from .norm import BatchNorm2d
@@ -22,23 +30,28 @@ from .se import SqueezeExcite
 
 __all__ = [
     "ACTIVATIONS",
+    "POOL_TYPES",
     "BasicConv2d",
     "BatchNorm2d",
     "Conv2d",
     "ConvTranspose2d",
     "DepthwiseConv2d",
     "DropPath",
+    "FeatureMixin",
     "Dropout2d",
     "LayerNorm",
     "Padding",
     "SqueezeExcite",
     "adaptive_avg_pool2d",
     "adaptive_max_pool2d",
+    "apply_global_pool",
     "avg_pool2d",
+    "check_global_pool",
     "check_image_input",
     "conv_padding",
     "conv_transpose_output_size",
     "depthwise_conv2d_shift",
+    "feature_indices",
     "get_act",
     "global_avg_pool",
     "global_max_pool",
@@ -50,4 +63,5 @@ __all__ = [
     "pair",
     "pool_output_size",
     "relu6",
+    "stage_info",
 ]

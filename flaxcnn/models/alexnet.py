@@ -25,7 +25,14 @@ import jax
 import jax.numpy as jnp
 
 from .._registry import register_model
-from ..layers import Conv2d, adaptive_avg_pool2d, check_image_input, max_pool2d
+from ..layers import (
+    Conv2d,
+    FeatureMixin,
+    adaptive_avg_pool2d,
+    check_image_input,
+    max_pool2d,
+    stage_info,
+)
 
 __all__ = ["AlexNet"]
 
@@ -55,14 +62,19 @@ ZFNET: tuple[ConvRow, ...] = (
 )
 
 
-class AlexNet(nn.Module):
+class AlexNet(FeatureMixin, nn.Module):
     """AlexNet-style network: conv rows, adaptive 6x6 average pool, FC-FC-FC with dropout.
 
     Attributes:
         convs: ``(out_channels, kernel, stride, padding, pool_after)`` per conv.
         ceil_mode: the max pools' ``ceil_mode``.
         hidden: width of the two hidden FC layers.
-        num_classes: outputs; ``0`` returns the second hidden FC layer's features.
+        num_classes: outputs; ``0`` returns the second hidden FC layer's features (the
+            pre-logits; a flattening head, so there is no ``global_pool`` choice).
+        features_only: return the maps timm's VGG rule gives (AlexNet is not in timm): the
+            ReLU before each max pool (``features.1``, ``features.4``, ``features.11`` for
+            ``alexnet``, at strides 4, 8, 16) and the last pool's output (stride 32),
+            selected by ``out_indices`` (``None``: all); no classifier.
         drop_rate: dropout before each hidden FC layer (0.5 in the paper).
     """
 
@@ -71,21 +83,37 @@ class AlexNet(nn.Module):
     hidden: int = 4096
     num_classes: int = 1000
     in_chans: int = 3
+    features_only: bool = False
+    out_indices: Sequence[int] | None = None
     drop_rate: float = 0.5
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
+    def _stage_info(self) -> list[dict[str, Any]]:
+        taps, r, idx = [], 1, 0
+        for out_ch, _, s, _, pool in self.convs:
+            r, idx = r * s, idx + 2
+            if pool:
+                taps.append((out_ch, r, f"features.{idx - 1}"))  # the ReLU before the pool
+                r, idx = r * 2, idx + 1
+        taps.append((self.convs[-1][0], r, f"features.{idx - 1}"))
+        return stage_info(*zip(*taps, strict=True))
+
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array | list[jax.Array]:
         check_image_input(x, self.in_chans, type(self).__name__)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         idx = 0  # index in torchvision's `features` Sequential: conv, ReLU[, MaxPool]
+        feats = []
         for out_ch, k, s, p, pool in self.convs:
             x = nn.relu(Conv2d(out_ch, k, s, padding=p, name=f"features_{idx}", **kw)(x))
             idx += 2
             if pool:
+                feats.append(x)
                 x = max_pool2d(x, 3, 2, ceil_mode=self.ceil_mode)
                 idx += 1
+        if self.features_only:
+            return self._select_features([*feats, x])
         x = adaptive_avg_pool2d(x, 6)
         # Flattened in NHWC order; the converter permutes torch's (NCHW-flattened) classifier_1.
         x = x.reshape(x.shape[0], -1)

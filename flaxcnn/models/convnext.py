@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from .._registry import register_model
-from ..layers import Conv2d, DropPath, LayerNorm, check_image_input, global_avg_pool
+from ..layers import Conv2d, DropPath, FeatureMixin, LayerNorm, check_image_input, stage_info
 from ..layers.activations import gelu
 from ..layers.params import shaped_param
 
@@ -104,7 +104,7 @@ class ConvNeXtStage(nn.Module):
 
 
 class ClassifierHead(nn.Module):
-    """timm's ``NormMlpClassifierHead`` (no hidden layer): pool, LayerNorm, Linear."""
+    """timm's ``NormMlpClassifierHead`` (no hidden layer) after its pool: LayerNorm, Linear."""
 
     num_classes: int
     norm: ModuleDef
@@ -113,21 +113,26 @@ class ClassifierHead(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        x = self.norm(name="norm")(global_avg_pool(x))
+        x = self.norm(name="norm")(x)
         if self.num_classes == 0:
             return x
         x = nn.Dropout(self.drop_rate, deterministic=not train or self.drop_rate == 0.0)(x)
         return self.dense(self.num_classes, name="fc")(x)
 
 
-class ConvNeXt(nn.Module):
+class ConvNeXt(FeatureMixin, nn.Module):
     """ConvNeXt in NHWC, timm's and torchvision's architecture (they agree exactly).
 
     Attributes:
         depths: blocks per stage (``(3, 3, 9, 3)`` for ConvNeXt-T).
         dims: channels per stage.
-        num_classes: classifier outputs; ``0`` returns the pooled, normalised features.
+        num_classes: classifier outputs; ``0`` returns the pooled, normalised features
+            (timm's pre-logits: pool, then ``head.norm``); with ``global_pool=''`` the
+            unpooled last stage's map (timm's ``forward_features``, no ``head.norm``).
         in_chans: input channels.
+        features_only: return the maps ``[stages.0, ..., stages.3]`` (strides 4, 8, 16, 32)
+            selected by ``out_indices`` (``None``: all), and build no ``head``.
+        global_pool: ``'avg'``, ``'max'``, ``'avgmax'`` or ``''`` (none).
         ls_init_value: initial layer scale (``gamma``), 1e-6 as in the paper.
         drop_rate: dropout before the classifier.
         drop_path_rate: stochastic depth, linear over blocks up to this rate
@@ -140,6 +145,9 @@ class ConvNeXt(nn.Module):
     dims: Sequence[int] = (96, 192, 384, 768)
     num_classes: int = 1000
     in_chans: int = 3
+    features_only: bool = False
+    out_indices: Sequence[int] | None = None
+    global_pool: str = "avg"
     ls_init_value: float = 1e-6
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
@@ -147,8 +155,14 @@ class ConvNeXt(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
+    def _stage_info(self) -> list[dict[str, Any]]:
+        n = len(self.dims)
+        return stage_info(
+            self.dims, [4 * 2**i for i in range(n)], [f"stages.{i}" for i in range(n)]
+        )
+
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array | list[jax.Array]:
         if len(self.depths) != len(self.dims):
             raise ValueError(f"depths {self.depths} and dims {self.dims} must have the same length")
         check_image_input(x, self.in_chans, type(self).__name__)
@@ -162,6 +176,7 @@ class ConvNeXt(nn.Module):
         total = sum(self.depths)
         rates = [self.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
         start = 0
+        feats = []
         for i, (depth, dim) in enumerate(zip(self.depths, self.dims, strict=True)):
             x = ConvNeXtStage(
                 dim,
@@ -176,6 +191,12 @@ class ConvNeXt(nn.Module):
                 name=f"stages_{i}",
             )(x, train=train)
             start += depth
+            feats.append(x)
+        if self.features_only:
+            return self._select_features(feats)
+        x = self._pool(x)
+        if self.num_classes == 0 and self.global_pool == "":
+            return x
         return ClassifierHead(self.num_classes, norm, dense, self.drop_rate, name="head")(
             x, train=train
         )

@@ -24,7 +24,15 @@ import jax
 import jax.numpy as jnp
 
 from .._registry import register_model
-from ..layers import BatchNorm2d, Conv2d, avg_pool2d, check_image_input, global_avg_pool, max_pool2d
+from ..layers import (
+    BatchNorm2d,
+    Conv2d,
+    FeatureMixin,
+    avg_pool2d,
+    check_image_input,
+    max_pool2d,
+    stage_info,
+)
 
 __all__ = ["DenseNet", "DenseLayer"]
 
@@ -97,7 +105,11 @@ class Transition(nn.Module):
 
 
 class Features(nn.Module):
-    """torch's ``features`` Sequential: stem, dense blocks and transitions, ``norm5``."""
+    """torch's ``features`` Sequential: stem, dense blocks and transitions, ``norm5``.
+
+    Returns timm's feature taps: ReLU(``norm0``), each dense block but the last (before
+    its transition), and ``norm5`` (before the ReLU, which the caller applies).
+    """
 
     growth_rate: int
     block_config: Sequence[int]
@@ -109,9 +121,10 @@ class Features(nn.Module):
     memory_efficient: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, *, train: bool = False) -> list[jax.Array]:
         x = self.conv(self.num_init_features, 7, 2, padding=3, name="conv0")(x)
         x = nn.relu(self.norm(name="norm0")(x, train=train))
+        feats = [x]
         x = max_pool2d(x, 3, 2, padding=1)
         ch = self.num_init_features
         for i, n in enumerate(self.block_config):
@@ -127,12 +140,13 @@ class Features(nn.Module):
             )(x, train=train)
             ch += n * self.growth_rate
             if i != len(self.block_config) - 1:
+                feats.append(x)
                 ch //= 2
                 x = Transition(ch, self.conv, self.norm, name=f"transition{i + 1}")(x, train=train)
-        return self.norm(name="norm5")(x, train=train)
+        return [*feats, self.norm(name="norm5")(x, train=train)]
 
 
-class DenseNet(nn.Module):
+class DenseNet(FeatureMixin, nn.Module):
     """DenseNet-BC in NHWC, torchvision's (and timm's) architecture.
 
     Attributes:
@@ -140,8 +154,13 @@ class DenseNet(nn.Module):
         block_config: dense layers per block (``(6, 12, 24, 16)`` for DenseNet-121).
         num_init_features: stem width (``2 * growth_rate`` in all four variants).
         bn_size: bottleneck width factor (``bn_size * growth_rate`` channels).
-        num_classes: classifier outputs; ``0`` returns the pooled features.
+        num_classes: classifier outputs; ``0`` returns the pooled features (pre-logits); with
+            ``global_pool=''`` the unpooled ReLU(``norm5``) map (timm's ``forward_features``).
         in_chans: input channels.
+        features_only: return timm's taps ``[features.norm0, features.denseblock1, ...,
+            features.denseblock{n-1}, features.norm5]`` (ReLU after the norms; strides 2, 4,
+            8, 16, 32) selected by ``out_indices`` (``None``: all), and build no classifier.
+        global_pool: ``'avg'``, ``'max'``, ``'avgmax'`` or ``''`` (none).
         drop_rate: dropout after each dense layer (torchvision's ``drop_rate``, timm's
             ``proj_drop_rate``).
         memory_efficient: rematerialise each layer's concat + bottleneck in the
@@ -156,6 +175,9 @@ class DenseNet(nn.Module):
     bn_size: int = 4
     num_classes: int = 1000
     in_chans: int = 3
+    features_only: bool = False
+    out_indices: Sequence[int] | None = None
+    global_pool: str = "avg"
     drop_rate: float = 0.0
     memory_efficient: bool = False
     bn_eps: float = 1e-5
@@ -163,8 +185,23 @@ class DenseNet(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
+    def _stage_info(self) -> list[dict[str, Any]]:
+        chans, ch = [self.num_init_features], self.num_init_features
+        for i, n in enumerate(self.block_config):
+            ch += n * self.growth_rate
+            chans.append(ch)
+            if i != len(self.block_config) - 1:
+                ch //= 2
+        n = len(self.block_config)
+        mods = [f"features.denseblock{i + 1}" for i in range(n - 1)]
+        return stage_info(
+            chans,
+            [2 ** (i + 1) for i in range(n + 1)],
+            ["features.norm0", *mods, "features.norm5"],
+        )
+
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array | list[jax.Array]:
         check_image_input(x, self.in_chans, type(self).__name__)
         dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         # torchvision: nn.init.kaiming_normal_ (fan_in, untruncated normal); flax's kaiming_normal
@@ -172,7 +209,7 @@ class DenseNet(nn.Module):
         kaiming = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
         conv = partial(Conv2d, use_bias=False, kernel_init=kaiming, **dt)
         norm = partial(BatchNorm2d, eps=self.bn_eps, momentum=self.bn_momentum, **dt)
-        x = Features(
+        feats = Features(
             self.growth_rate,
             tuple(self.block_config),
             self.num_init_features,
@@ -183,7 +220,10 @@ class DenseNet(nn.Module):
             self.memory_efficient,
             name="features",
         )(x, train=train)
-        x = global_avg_pool(nn.relu(x))
+        feats[-1] = nn.relu(feats[-1])
+        if self.features_only:
+            return self._select_features(feats)
+        x = self._pool(feats[-1])
         if self.num_classes == 0:
             return x
         return nn.Dense(self.num_classes, name="classifier", **dt)(x)

@@ -66,9 +66,11 @@ from ..layers import (
     Conv2d,
     DepthwiseConv2d,
     DropPath,
+    FeatureMixin,
     SqueezeExcite,
     check_image_input,
     get_act,
+    stage_info,
 )
 
 __all__ = ["BlockArgs", "EfficientNet", "decode_arch", "make_divisible", "round_channels"]
@@ -251,13 +253,24 @@ class MobileBlock(nn.Module):
         )(x)
 
 
-class EfficientNet(nn.Module):
+class EfficientNet(FeatureMixin, nn.Module):
     """The mobile-block network: stem, stages decoded from ``arch``, head, classifier.
 
     Attributes:
         arch: block strings, one line per stage (module docstring).
-        num_classes: classifier outputs; ``0`` returns the pooled (pre-logits) features.
+        num_classes: classifier outputs; ``0`` returns the pre-logits features, as timm
+            defines them: ``'conv_bn'`` heads pool the head conv's output (1280 channels for
+            B0); ``'pool_conv'`` heads (MobileNet v3) pool the last stage, then apply the
+            head conv + act (1280 for the large model). With ``global_pool=''`` the unpooled
+            map timm's ``forward_features`` returns: the head conv's output for ``'conv_bn'``,
+            the last stage's for ``'pool_conv'`` (960 channels for MobileNet v3 large).
         in_chans: input channels.
+        features_only: return timm's feature maps (``feature_location='bottleneck'``): the
+            stem (``bn1``) if the first stage strides, and the last block of every stage
+            followed by a strided stage, and of the last stage (``blocks.{i}``; strides 2,
+            4, 8, 16, 32), selected by ``out_indices`` (``None``: all). No head conv and
+            no classifier, as timm's ``EfficientNetFeatures``.
+        global_pool: ``'avg'``, ``'max'``, ``'avgmax'`` or ``''`` (none).
         width_multiplier, depth_multiplier: compound scaling of channels (rounded to
             multiples of 8) and of repeats per stage (rounded up).
         fix_first_last: do not depth-scale the first and last stage (EfficientNet-Lite).
@@ -284,6 +297,9 @@ class EfficientNet(nn.Module):
     arch: Sequence[str]
     num_classes: int = 1000
     in_chans: int = 3
+    features_only: bool = False
+    out_indices: Sequence[int] | None = None
+    global_pool: str = "avg"
     width_multiplier: float = 1.0
     depth_multiplier: float = 1.0
     fix_first_last: bool = False
@@ -319,8 +335,20 @@ class EfficientNet(nn.Module):
         scaled = self._round(self.num_features)
         return max(self.num_features, scaled) if self.head_scaling == "at_least" else scaled
 
+    def _stage_info(self) -> list[dict[str, Any]]:
+        stages = decode_arch(self.arch, self.depth_multiplier, self.fix_first_last)
+        taps, r = [], 2  # after the stem
+        if stages[0][0].stride > 1:
+            stem = self.stem_size if self.fix_stem else self._round(self.stem_size)
+            taps.append((stem, r, "bn1"))
+        for i, blocks in enumerate(stages):
+            r *= blocks[0].stride
+            if i == len(stages) - 1 or stages[i + 1][0].stride > 1:
+                taps.append((self._round(blocks[-1].out_chs), r, f"blocks.{i}"))
+        return stage_info(*zip(*taps, strict=True))
+
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array | list[jax.Array]:
         check_image_input(x, self.in_chans, type(self).__name__)
         if self.padding not in ("", "same"):
             raise ValueError(f"padding must be '' (torch) or 'same' (TF), got {self.padding!r}")
@@ -367,7 +395,7 @@ class EfficientNet(nn.Module):
         stem = self.stem_size if self.fix_stem else self._round(self.stem_size)
         x = conv(stem, 3, 2, name="conv_stem")(x)
         x = act(norm(name="bn1")(x, train=train))
-
+        taps = {"bn1": x}
         stages = decode_arch(self.arch, self.depth_multiplier, self.fix_first_last)
         total = sum(len(s) for s in stages)
         idx = 0
@@ -393,15 +421,18 @@ class EfficientNet(nn.Module):
                 )(x, train=train)
                 in_chs = out_chs
                 idx += 1
+            taps[f"blocks.{i}"] = x
+        if self.features_only:
+            return self._select_features([taps[f["module"]] for f in self._stage_info()])
 
         head = self.head_features()
         if self.head_type == "conv_bn":
             if head:
                 x = conv(head, 1, name="conv_head")(x)
                 x = act(norm(name="bn2")(x, train=train))
-            x = jnp.mean(x, axis=(1, 2))
-        else:
-            x = jnp.mean(x, axis=(1, 2), keepdims=True)
+            x = self._pool(x)
+        elif self.num_classes or self.global_pool:
+            x = self._pool(x, keepdims=True)
             x = act(conv(head, 1, name="conv_head", use_bias=True)(x))[:, 0, 0, :]
         if self.num_classes == 0:
             return x

@@ -12,6 +12,7 @@ order; in eval mode it returns the logits alone.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
@@ -22,10 +23,11 @@ import jax.numpy as jnp
 from .._registry import register_model
 from ..layers import (
     BasicConv2d,
+    FeatureMixin,
     adaptive_avg_pool2d,
     check_image_input,
-    global_avg_pool,
     max_pool2d,
+    stage_info,
 )
 
 __all__ = ["GoogLeNet", "Inception", "InceptionAux", "transform_input"]
@@ -98,11 +100,17 @@ INCEPTIONS: dict[str, tuple[int, int, int, int, int, int]] = {
 }
 
 
-class GoogLeNet(nn.Module):
+class GoogLeNet(FeatureMixin, nn.Module):
     """GoogLeNet / Inception v1, torchvision's architecture in NHWC.
 
     Attributes:
-        num_classes: outputs; ``0`` returns the pooled 1024 features (and no aux heads).
+        num_classes: outputs; ``0`` returns the pooled 1024 features (pre-logits, and no aux
+            heads); with ``global_pool=''`` the unpooled ``inception5b`` map (what timm
+            calls ``forward_features``).
+        features_only: return the maps ``[conv1, conv3, inception3b, inception4e,
+            inception5b]`` (strides 2, 4, 8, 16, 32; each before the max pool that follows
+            it) selected by ``out_indices`` (``None``: all); no ``fc`` and no aux heads.
+        global_pool: ``'avg'``, ``'max'``, ``'avgmax'`` or ``''`` (none).
         aux_logits: build the two auxiliary classifiers (returned in train mode).
         transform_input: apply :func:`transform_input` first, as torchvision does for its
             pretrained weights (``googlenet(weights=...)`` turns it on).
@@ -112,6 +120,9 @@ class GoogLeNet(nn.Module):
 
     num_classes: int = 1000
     in_chans: int = 3
+    features_only: bool = False
+    out_indices: Sequence[int] | None = None
+    global_pool: str = "avg"
     aux_logits: bool = True
     transform_input: bool = False
     drop_rate: float = 0.2
@@ -121,24 +132,33 @@ class GoogLeNet(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
+    def _stage_info(self) -> list[dict[str, Any]]:
+        names = ["conv1", "conv3", "inception3b", "inception4e", "inception5b"]
+        chans = [64, 192] + [sum(INCEPTIONS[n][i] for i in (0, 2, 4, 5)) for n in names[2:]]
+        return stage_info(chans, [2, 4, 8, 16, 32], names)
+
     @nn.compact
     def __call__(
         self, x: jax.Array, *, train: bool = False
-    ) -> jax.Array | tuple[jax.Array, jax.Array, jax.Array]:
+    ) -> jax.Array | list[jax.Array] | tuple[jax.Array, jax.Array, jax.Array]:
         check_image_input(x, self.in_chans, type(self).__name__)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         conv = partial(BasicConv2d, bn_eps=self.bn_eps, bn_momentum=self.bn_momentum, **kw)
-        aux = self.aux_logits and self.num_classes > 0
+        aux = self.aux_logits and self.num_classes > 0 and not self.features_only
         if self.transform_input:
             x = transform_input(x)
         x = conv(64, 7, 2, padding=3, name="conv1")(x, train=train)
+        feats = [x]
         x = max_pool2d(x, 3, 2, ceil_mode=True)
         x = conv(64, 1, name="conv2")(x, train=train)
         x = conv(192, 3, padding=1, name="conv3")(x, train=train)
+        feats.append(x)
         x = max_pool2d(x, 3, 2, ceil_mode=True)
         aux_out = {}
         for name, cfg in INCEPTIONS.items():
             x = Inception(*cfg, conv=conv, name=name)(x, train=train)
+            if name in ("inception3b", "inception4e"):
+                feats.append(x)
             if name == "inception3b":
                 x = max_pool2d(x, 3, 2, ceil_mode=True)
             elif name == "inception4e":
@@ -149,7 +169,9 @@ class GoogLeNet(nn.Module):
                 # Built at init so the parameters exist; computed only in train mode.
                 if train or self.is_initializing():
                     aux_out[head] = mod(x, train=train)
-        x = global_avg_pool(x)
+        if self.features_only:
+            return self._select_features([*feats, x])
+        x = self._pool(x)
         if self.num_classes == 0:
             return x
         x = nn.Dropout(self.drop_rate, deterministic=not train or self.drop_rate == 0.0)(x)

@@ -14,6 +14,7 @@ torchvision's ``InceptionOutputs``. Names mirror torchvision (``Conv2d_1a_3x3``,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
@@ -22,7 +23,15 @@ import jax
 import jax.numpy as jnp
 
 from .._registry import register_model
-from ..layers import BasicConv2d, avg_pool2d, check_image_input, global_avg_pool, max_pool2d
+from ..layers import (
+    BasicConv2d,
+    FeatureMixin,
+    avg_pool2d,
+    check_image_input,
+    global_avg_pool,
+    max_pool2d,
+    stage_info,
+)
 from .googlenet import transform_input
 
 __all__ = [
@@ -163,11 +172,17 @@ class InceptionAux3(nn.Module):
         )(x)
 
 
-class Inception3(nn.Module):
+class Inception3(FeatureMixin, nn.Module):
     """Inception v3, torchvision's ``Inception3`` (= timm's ``InceptionV3``) in NHWC.
 
     Attributes:
-        num_classes: outputs; ``0`` returns the pooled 2048 features (no aux head).
+        num_classes: outputs; ``0`` returns the pooled 2048 features (pre-logits, no aux
+            head); with ``global_pool=''`` the unpooled ``Mixed_7c`` map (timm's
+            ``forward_features``).
+        features_only: return timm's maps ``[Conv2d_2b_3x3, Conv2d_4a_3x3, Mixed_5d,
+            Mixed_6e, Mixed_7c]`` (strides 2, 4, 8, 16, 32) selected by ``out_indices``
+            (``None``: all); no ``fc`` and no aux head.
+        global_pool: ``'avg'``, ``'max'``, ``'avgmax'`` or ``''`` (none).
         aux_logits: build the auxiliary head (torchvision's default; timm's is off).
         transform_input: torchvision's input re-normalisation for Google's weights.
         drop_rate: dropout before ``fc`` (torchvision 0.5, timm 0).
@@ -176,6 +191,9 @@ class Inception3(nn.Module):
 
     num_classes: int = 1000
     in_chans: int = 3
+    features_only: bool = False
+    out_indices: Sequence[int] | None = None
+    global_pool: str = "avg"
     aux_logits: bool = True
     transform_input: bool = False
     drop_rate: float = 0.5
@@ -184,31 +202,42 @@ class Inception3(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
+    def _stage_info(self) -> list[dict[str, Any]]:
+        return stage_info(
+            [64, 192, 288, 768, 2048],
+            [2, 4, 8, 16, 32],
+            ["Conv2d_2b_3x3", "Conv2d_4a_3x3", "Mixed_5d", "Mixed_6e", "Mixed_7c"],
+        )
+
     @nn.compact
     def __call__(
         self, x: jax.Array, *, train: bool = False
-    ) -> jax.Array | tuple[jax.Array, jax.Array]:
+    ) -> jax.Array | list[jax.Array] | tuple[jax.Array, jax.Array]:
         check_image_input(x, self.in_chans, type(self).__name__)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         c = partial(BasicConv2d, bn_eps=self.bn_eps, bn_momentum=self.bn_momentum, **kw)
-        aux = self.aux_logits and self.num_classes > 0
+        aux = self.aux_logits and self.num_classes > 0 and not self.features_only
         if self.transform_input:
             x = transform_input(x)
         x = c(32, 3, 2, name="Conv2d_1a_3x3")(x, train=train)
         x = c(32, 3, name="Conv2d_2a_3x3")(x, train=train)
         x = c(64, 3, padding=1, name="Conv2d_2b_3x3")(x, train=train)
+        feats = [x]
         x = max_pool2d(x, 3, 2)
         x = c(80, 1, name="Conv2d_3b_1x1")(x, train=train)
         x = c(192, 3, name="Conv2d_4a_3x3")(x, train=train)
+        feats.append(x)
         x = max_pool2d(x, 3, 2)
         x = InceptionA(32, conv=c, name="Mixed_5b")(x, train=train)
         x = InceptionA(64, conv=c, name="Mixed_5c")(x, train=train)
         x = InceptionA(64, conv=c, name="Mixed_5d")(x, train=train)
+        feats.append(x)
         x = InceptionB(conv=c, name="Mixed_6a")(x, train=train)
         x = InceptionC(128, conv=c, name="Mixed_6b")(x, train=train)
         x = InceptionC(160, conv=c, name="Mixed_6c")(x, train=train)
         x = InceptionC(160, conv=c, name="Mixed_6d")(x, train=train)
         x = InceptionC(192, conv=c, name="Mixed_6e")(x, train=train)
+        feats.append(x)
         aux_out = None
         if aux:
             head = InceptionAux3(self.num_classes, conv=c, name="AuxLogits", **kw)
@@ -218,7 +247,9 @@ class Inception3(nn.Module):
         x = InceptionD(conv=c, name="Mixed_7a")(x, train=train)
         x = InceptionE(conv=c, name="Mixed_7b")(x, train=train)
         x = InceptionE(conv=c, name="Mixed_7c")(x, train=train)
-        x = global_avg_pool(x)
+        if self.features_only:
+            return self._select_features([*feats, x])
+        x = self._pool(x)
         if self.num_classes == 0:
             return x
         x = nn.Dropout(self.drop_rate, deterministic=not train or self.drop_rate == 0.0)(x)

@@ -13,6 +13,7 @@ the torch code does at 28x28/32x32.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -20,12 +21,12 @@ import jax
 import jax.numpy as jnp
 
 from .._registry import register_model
-from ..layers import Conv2d, avg_pool2d, check_image_input, get_act
+from ..layers import Conv2d, FeatureMixin, avg_pool2d, check_image_input, get_act, stage_info
 
 __all__ = ["LeNet"]
 
 
-class LeNet(nn.Module):
+class LeNet(FeatureMixin, nn.Module):
     """LeNet-5: two 5x5 conv + 2x2 average pool stages, then C5 (120), F6 (84), output.
 
     Attributes:
@@ -33,8 +34,13 @@ class LeNet(nn.Module):
         conv1_padding: ``0`` (32x32 input) or ``2`` (28x28 input keeps 28x28).
         c5: ``'conv'``: C5 is a 5x5 conv to 120 channels (``conv3``), flattened;
             ``'fc'``: flatten the 16-channel map and a 120-unit ``fc1``.
-        num_classes: outputs; ``0`` returns the 84 F6 features.
+        num_classes: outputs; ``0`` returns the 84 F6 features (the pre-logits; a
+            flattening head, so there is no ``global_pool`` choice).
         in_chans: input channels (1 for digits, 3 for CIFAR).
+        features_only: return the activated maps of ``conv1`` (stride 1), ``conv2``
+            (stride 2) and, at stride 4, C5 ``conv3`` (``c5='conv'``) or the second pool
+            (``'pool2'``, ``c5='fc'``): named after the Flax modules, as LeNet has no torch
+            twin; selected by ``out_indices`` (``None``: all). Builds no FC layer.
     """
 
     act: str = "tanh"
@@ -42,22 +48,37 @@ class LeNet(nn.Module):
     c5: str = "conv"
     num_classes: int = 10
     in_chans: int = 1
+    features_only: bool = False
+    out_indices: Sequence[int] | None = None
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
+    def _stage_info(self) -> list[dict[str, Any]]:
+        conv = self.c5 == "conv"
+        return stage_info(
+            [6, 16, 120 if conv else 16],
+            [1, 2, 4],
+            ["conv1", "conv2", "conv3" if conv else "pool2"],
+        )
+
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array | list[jax.Array]:
         check_image_input(x, self.in_chans, type(self).__name__)
         if self.c5 not in ("conv", "fc"):
             raise ValueError(f"c5 must be 'conv' or 'fc', got {self.c5!r}")
         act = get_act(self.act)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = act(Conv2d(6, 5, padding=self.conv1_padding, name="conv1", **kw)(x))
+        feats = [x]
         x = avg_pool2d(x, 2)
         x = act(Conv2d(16, 5, name="conv2", **kw)(x))
+        feats.append(x)
         x = avg_pool2d(x, 2)
         if self.c5 == "conv":
             x = act(Conv2d(120, 5, name="conv3", **kw)(x))
+        if self.features_only:
+            return self._select_features([*feats, x])
+        if self.c5 == "conv":
             x = x.reshape(x.shape[0], -1)
             names = ("fc1", "fc2")
         else:

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from .._registry import register_model
-from ..layers import Conv2d, check_image_input, global_avg_pool, max_pool2d
+from ..layers import Conv2d, FeatureMixin, check_image_input, max_pool2d, stage_info
 
 __all__ = ["MlpConv", "NiN"]
 
@@ -41,36 +41,61 @@ class MlpConv(nn.Module):
         return nn.relu(Conv2d(self.features, 1, name="mlp2", **kw)(x))
 
 
-class NiN(nn.Module):
+class NiN(FeatureMixin, nn.Module):
     """Network in Network: mlpconv blocks with max pools, a class mlpconv block, GAP.
 
     Attributes:
         blocks: ``(out_channels, kernel, stride, padding)`` of each mlpconv block before the
             class block; a 3x3/2 max pool follows each.
         num_classes: channels of the class block; ``0`` returns the pooled features of the
-            last block instead.
+            last max pool instead (pre-logits); with ``global_pool=''`` that unpooled map
+            (what timm would call ``forward_features``).
+        features_only: return the maps ``[block1, block2, block3, pool3]`` (strides 4, 8, 16,
+            32: each block before its max pool, then the last pool's output; named after
+            the Flax modules, as NiN has no torch twin) selected by ``out_indices``
+            (``None``: all), and build no class block.
+        global_pool: pools the class maps into logits (or the features for
+            ``num_classes=0``): ``'avg'`` (the paper's GAP), ``'max'``, ``'avgmax'`` or ``''``.
         drop_rate: dropout before the class block.
     """
 
     blocks: Sequence[tuple[int, int, int, int]] = ((96, 11, 4, 0), (256, 5, 1, 2), (384, 3, 1, 1))
     num_classes: int = 1000
     in_chans: int = 3
+    features_only: bool = False
+    out_indices: Sequence[int] | None = None
+    global_pool: str = "avg"
     drop_rate: float = 0.5
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
+    def _stage_info(self) -> list[dict[str, Any]]:
+        chans, reds, r = [], [], 1
+        for c, _, s, _ in self.blocks:
+            r *= s
+            chans.append(c)
+            reds.append(r)
+            r *= 2  # the 3x3/2 max pool after each block
+        n = len(self.blocks)
+        mods = [f"block{i + 1}" for i in range(n)]
+        return stage_info([*chans, chans[-1]], [*reds, r], [*mods, f"pool{n}"])
+
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array | list[jax.Array]:
         check_image_input(x, self.in_chans, type(self).__name__)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        feats = []
         for i, (c, k, s, p) in enumerate(self.blocks):
             x = MlpConv(c, k, s, p, name=f"block{i + 1}", **kw)(x)
+            feats.append(x)
             x = max_pool2d(x, 3, 2)
+        if self.features_only:
+            return self._select_features([*feats, x])
         if self.num_classes == 0:
-            return global_avg_pool(x)
+            return self._pool(x)
         x = nn.Dropout(self.drop_rate, deterministic=not train or self.drop_rate == 0.0)(x)
         x = MlpConv(self.num_classes, 3, 1, 1, name=f"block{len(self.blocks) + 1}", **kw)(x)
-        return global_avg_pool(x)
+        return self._pool(x)
 
 
 NetworkInNetwork = register_model(

@@ -35,11 +35,12 @@ from ..layers import (
     BatchNorm2d,
     Conv2d,
     DropPath,
+    FeatureMixin,
     SqueezeExcite,
     avg_pool2d,
     check_image_input,
-    global_avg_pool,
     max_pool2d,
+    stage_info,
 )
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "make_divisible"]
@@ -182,13 +183,13 @@ BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {
 }
 
 
-class ResNet(nn.Module):
+class ResNet(FeatureMixin, nn.Module):
     """ResNet / ResNeXt / Wide ResNet, torchvision's architecture in NHWC.
 
     Attributes:
         stage_sizes: blocks per stage (``(3, 4, 6, 3)`` for ResNet-50).
         block: ``'basic'`` or ``'bottleneck'``.
-        num_classes: classifier outputs; ``0`` returns the pooled features instead.
+        num_classes: classifier outputs; ``0`` returns the pooled features instead (below).
         in_chans: input channels.
         stem_type: ``''`` torchvision's 7x7/2 conv + 3x3/2 max pool; ``'cifar'`` a 3x3/1 conv
             and no pool, for small images (CIFAR, digits), as in He et al. section 4.2.
@@ -206,8 +207,12 @@ class ResNet(nn.Module):
             (Goyal et al., 2017), as torchvision's flag of the same name.
         drop_rate: dropout before the classifier.
         drop_path_rate: stochastic depth, increasing linearly to this rate over blocks.
-        features_only: return the feature maps ``[stem, layer1, ..., layer4]`` selected by
-            ``out_indices`` (strides 2, 4, 8, 16, 32) instead of logits; no ``fc``.
+        features_only: return the feature maps ``[act1, layer1, ..., layer4]`` (strides 2, 4,
+            8, 16, 32) selected by ``out_indices`` (``None``: all; negative counts from the
+            end) instead of logits; no ``fc``. ``feature_info()`` describes them.
+        global_pool: ``'avg'``, ``'max'``, ``'avgmax'`` or ``''``; ``num_classes=0`` returns
+            the pooled ``layer4`` features (pre-logits), and with ``global_pool=''`` the
+            unpooled ``layer4`` map (timm's ``forward_features``).
         bn_eps, bn_momentum: BatchNorm settings (torch's defaults).
         dtype: computation dtype (``jnp.bfloat16`` for mixed precision); ``param_dtype``
             the parameters' dtype. BN statistics stay float32.
@@ -228,14 +233,14 @@ class ResNet(nn.Module):
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
     features_only: bool = False
-    out_indices: Sequence[int] = (0, 1, 2, 3, 4)
+    out_indices: Sequence[int] | None = None
+    global_pool: str = "avg"
     bn_eps: float = 1e-5
     bn_momentum: float = 0.1
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
-    def feature_info(self) -> list[dict[str, Any]]:
-        """Channels and stride of each feature map ``features_only`` can return."""
+    def _stage_info(self) -> list[dict[str, Any]]:
         exp = BLOCKS[self.block].expansion
         chans = [self._stem_chs] + [64 * 2**i * exp for i in range(len(self.stage_sizes))]
         mods = ["act1"] + [f"layer{i + 1}" for i in range(len(self.stage_sizes))]
@@ -246,10 +251,7 @@ class ResNet(nn.Module):
             if i > 0 and not self.replace_stride_with_dilation[i - 1]:
                 r *= 2
             red.append(r)
-        info = [
-            dict(num_chs=c, reduction=r, module=m) for c, r, m in zip(chans, red, mods, strict=True)
-        ]
-        return [info[i] for i in self.out_indices]
+        return stage_info(chans, red, mods)
 
     @property
     def _stem_chs(self) -> int:
@@ -332,8 +334,8 @@ class ResNet(nn.Module):
             feats.append(x)
 
         if self.features_only:
-            return [feats[i] for i in self.out_indices]
-        x = global_avg_pool(x)
+            return self._select_features(feats)
+        x = self._pool(x)
         if self.num_classes == 0:
             return x
         x = nn.Dropout(self.drop_rate, deterministic=not train or self.drop_rate == 0.0)(x)

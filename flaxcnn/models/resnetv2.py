@@ -24,7 +24,15 @@ import jax
 import jax.numpy as jnp
 
 from .._registry import register_model
-from ..layers import BatchNorm2d, Conv2d, DropPath, check_image_input, global_avg_pool, max_pool2d
+from ..layers import (
+    BatchNorm2d,
+    Conv2d,
+    DropPath,
+    FeatureMixin,
+    check_image_input,
+    max_pool2d,
+    stage_info,
+)
 from .resnet import make_divisible
 
 __all__ = ["PreActBottleneck", "ResNetV2"]
@@ -102,7 +110,7 @@ class ResNetStage(nn.Module):
 
 
 class _Head(nn.Module):
-    """timm's ``ClassifierHead(use_conv=True)``: global average pool, 1x1 conv ``fc``."""
+    """timm's ``ClassifierHead(use_conv=True)``: (pooled input), dropout, 1x1 conv ``fc``."""
 
     num_classes: int
     conv: ModuleDef
@@ -110,19 +118,24 @@ class _Head(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        x = global_avg_pool(x, keepdims=True)
         x = nn.Dropout(self.drop_rate, deterministic=not train or self.drop_rate == 0.0)(x)
         return self.conv(self.num_classes, 1, use_bias=True, name="fc")(x)[:, 0, 0]
 
 
-class ResNetV2(nn.Module):
+class ResNetV2(FeatureMixin, nn.Module):
     """Pre-activation ResNet (bottleneck blocks), timm's ``ResNetV2`` with plain convs and BN.
 
     Attributes:
         layers: blocks per stage (``(3, 4, 6, 3)`` for ResNet-v2-50).
         channels: output channels per stage.
-        num_classes: classifier outputs; ``0`` returns the pooled features.
+        num_classes: classifier outputs; ``0`` returns the pooled features (pre-logits,
+            after the final ``norm``); with ``global_pool=''`` the unpooled map (timm's
+            ``forward_features``).
         in_chans: input channels.
+        features_only: return the maps ``[stem.conv, stages.0, ..., stages.3]`` (strides 2,
+            4, 8, 16, 32; the stages' raw outputs, before the final ``norm``, as timm's)
+            selected by ``out_indices`` (``None``: all), and build no head.
+        global_pool: ``'avg'``, ``'max'``, ``'avgmax'`` or ``''`` (none).
         stem_chs: stem width.
         drop_rate: dropout before the classifier.
         drop_path_rate: stochastic depth, linear over blocks up to this rate.
@@ -134,6 +147,9 @@ class ResNetV2(nn.Module):
     channels: Sequence[int] = (256, 512, 1024, 2048)
     num_classes: int = 1000
     in_chans: int = 3
+    features_only: bool = False
+    out_indices: Sequence[int] | None = None
+    global_pool: str = "avg"
     stem_chs: int = 64
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
@@ -142,14 +158,23 @@ class ResNetV2(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
+    def _stage_info(self) -> list[dict[str, Any]]:
+        n = len(self.layers)
+        return stage_info(
+            [self.stem_chs, *self.channels],
+            [2 ** (i + 1) for i in range(n + 1)],
+            ["stem.conv"] + [f"stages.{i}" for i in range(n)],
+        )
+
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array | list[jax.Array]:
         check_image_input(x, self.in_chans, type(self).__name__)
         dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         conv = partial(Conv2d, use_bias=False, **dt)
         norm = partial(BatchNorm2d, eps=self.bn_eps, momentum=self.bn_momentum, **dt)
 
         x = _Conv(self.stem_chs, 7, 2, 3, conv, name="stem")(x)
+        feats = [x]
         x = max_pool2d(x, 3, 2, padding=1)
         total = sum(self.layers)
         rates = [self.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
@@ -165,9 +190,12 @@ class ResNetV2(nn.Module):
                 name=f"stages_{i}",
             )(x, train=train)
             start += depth
-        x = nn.relu(norm(name="norm")(x, train=train))
+            feats.append(x)
+        if self.features_only:
+            return self._select_features(feats)
+        x = self._pool(nn.relu(norm(name="norm")(x, train=train)), keepdims=True)
         if self.num_classes == 0:
-            return global_avg_pool(x)
+            return x if self.global_pool == "" else x[:, 0, 0]
         return _Head(self.num_classes, conv, self.drop_rate, name="head")(x, train=train)
 
 

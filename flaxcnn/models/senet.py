@@ -33,10 +33,11 @@ from .._registry import register_model
 from ..layers import (
     BatchNorm2d,
     Conv2d,
+    FeatureMixin,
     SqueezeExcite,
     check_image_input,
-    global_avg_pool,
     max_pool2d,
+    stage_info,
 )
 
 __all__ = ["SENet", "SEBottleneck"]
@@ -96,7 +97,7 @@ class Stem(nn.Module):
         return x
 
 
-class SENet(nn.Module):
+class SENet(FeatureMixin, nn.Module):
     """A legacy SENet in NHWC (timm ``legacy_senet154``, ``legacy_seresnext26_32x4d``).
 
     Attributes:
@@ -109,8 +110,13 @@ class SENet(nn.Module):
         inplanes: stem output width.
         downsample_kernel_size: kernel of the stage 2-4 projection shortcuts (3, padding 1
             for SENet-154).
-        num_classes: classifier outputs; ``0`` returns the pooled features.
+        num_classes: classifier outputs; ``0`` returns the pooled features (pre-logits); with
+            ``global_pool=''`` the unpooled ``layer4`` map (timm's ``forward_features``).
         in_chans: input channels.
+        features_only: return the maps ``[layer0, layer1, ..., layer4]`` (strides 2, 4, 8,
+            16, 32; ``layer0`` before its max pool) selected by ``out_indices`` (``None``:
+            all), and build no ``last_linear``.
+        global_pool: ``'avg'``, ``'max'``, ``'avgmax'`` or ``''`` (none).
         drop_rate: dropout before ``last_linear`` (0.2, as timm).
         bn_eps, bn_momentum: BatchNorm settings (torch's defaults).
         dtype, param_dtype: computation and parameter dtypes.
@@ -125,14 +131,25 @@ class SENet(nn.Module):
     downsample_kernel_size: int = 3
     num_classes: int = 1000
     in_chans: int = 3
+    features_only: bool = False
+    out_indices: Sequence[int] | None = None
+    global_pool: str = "avg"
     drop_rate: float = 0.2
     bn_eps: float = 1e-5
     bn_momentum: float = 0.1
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
+    def _stage_info(self) -> list[dict[str, Any]]:
+        n = len(self.layers)
+        return stage_info(
+            [self.inplanes] + [256 * 2**i for i in range(n)],
+            [2 ** (i + 1) for i in range(n + 1)],
+            ["layer0"] + [f"layer{i + 1}" for i in range(n)],
+        )
+
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array | list[jax.Array]:
         check_image_input(x, self.in_chans, type(self).__name__)
         dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         conv = partial(Conv2d, use_bias=False, **dt)
@@ -144,6 +161,7 @@ class SENet(nn.Module):
         senet = self.block == "senet"
         stem = (64, 64, self.inplanes) if senet else (self.inplanes,)
         x = Stem(stem, conv, norm, 3 if senet else 7, name="layer0")(x, train=train)
+        feats = [x]
         x = max_pool2d(x, 3, 2, ceil_mode=True)  # no padding, ceil mode: the Caffe original's
         in_ch = self.inplanes
         for i, n in enumerate(self.layers):
@@ -166,7 +184,10 @@ class SENet(nn.Module):
                     name=f"layer{i + 1}_{j}",
                 )(x, train=train)
                 in_ch = planes * 4
-        x = global_avg_pool(x)
+            feats.append(x)
+        if self.features_only:
+            return self._select_features(feats)
+        x = self._pool(x)
         if self.num_classes == 0:
             return x
         x = nn.Dropout(self.drop_rate, deterministic=not train or self.drop_rate == 0.0)(x)

@@ -19,7 +19,15 @@ import jax
 import jax.numpy as jnp
 
 from .._registry import register_model
-from ..layers import BatchNorm2d, Conv2d, adaptive_avg_pool2d, check_image_input, max_pool2d
+from ..layers import (
+    BatchNorm2d,
+    Conv2d,
+    FeatureMixin,
+    adaptive_avg_pool2d,
+    check_image_input,
+    max_pool2d,
+    stage_info,
+)
 
 __all__ = ["CONFIGS", "VGG"]
 
@@ -35,13 +43,18 @@ CONFIGS: dict[str, tuple[int | str, ...]] = {
 }  # fmt: skip
 
 
-class VGG(nn.Module):
+class VGG(FeatureMixin, nn.Module):
     """VGG in NHWC, torchvision's architecture.
 
     Attributes:
         config: ``'A'``, ``'B'``, ``'D'`` or ``'E'`` (VGG-11/13/16/19), or a custom list.
         batch_norm: a BatchNorm after every conv (``vgg*_bn``).
-        num_classes: outputs; ``0`` returns the second hidden FC layer's 4096 features.
+        num_classes: outputs; ``0`` returns the second hidden FC layer's 4096 features
+            (the pre-logits; a flattening head, so there is no ``global_pool`` choice).
+        features_only: return timm's VGG taps: the last ReLU before each max pool
+            (``features.3``, ... at strides 1, 2, 4, 8, 16) and the last pool's output
+            (``features.{last}``, stride 32, the input of the classifier's adaptive pool),
+            selected by ``out_indices`` (``None``: all); no classifier.
         drop_rate: dropout after each hidden FC layer (0.5).
     """
 
@@ -49,25 +62,43 @@ class VGG(nn.Module):
     batch_norm: bool = False
     num_classes: int = 1000
     in_chans: int = 3
+    features_only: bool = False
+    out_indices: Sequence[int] | None = None
     drop_rate: float = 0.5
     bn_eps: float = 1e-5
     bn_momentum: float = 0.1
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
-    @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        check_image_input(x, self.in_chans, type(self).__name__)
+    def _layers(self) -> Sequence[int | str]:
         if isinstance(self.config, str) and self.config not in CONFIGS:
             raise ValueError(
                 f"config must be one of {sorted(CONFIGS)} or a list, got {self.config!r}"
             )
-        layers = CONFIGS[self.config] if isinstance(self.config, str) else self.config
+        return CONFIGS[self.config] if isinstance(self.config, str) else self.config
+
+    def _stage_info(self) -> list[dict[str, Any]]:
+        taps, ch, r, idx = [], self.in_chans, 1, 0
+        for v in self._layers():
+            if v == "M":
+                taps.append((ch, r, f"features.{idx - 1}"))  # the ReLU before the pool
+                r, idx = r * 2, idx + 1
+            else:
+                ch, idx = int(v), idx + (3 if self.batch_norm else 2)
+        taps.append((ch, r, f"features.{idx - 1}"))
+        return stage_info(*zip(*taps, strict=True))
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array | list[jax.Array]:
+        check_image_input(x, self.in_chans, type(self).__name__)
+        layers = self._layers()
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         norm = partial(BatchNorm2d, eps=self.bn_eps, momentum=self.bn_momentum, **kw)
         idx = 0  # index in torchvision's `features` Sequential: conv[, BN], ReLU | MaxPool
+        feats = []
         for v in layers:
             if v == "M":
+                feats.append(x)
                 x = max_pool2d(x, 2, 2)
                 idx += 1
                 continue
@@ -76,6 +107,8 @@ class VGG(nn.Module):
                 x = norm(name=f"features_{idx + 1}")(x, train=train)
             x = nn.relu(x)
             idx += 3 if self.batch_norm else 2
+        if self.features_only:
+            return self._select_features([*feats, x])
         x = adaptive_avg_pool2d(x, 7)
         # Flattened in NHWC order; the converter permutes torch's (NCHW-flattened) classifier_0.
         x = x.reshape(x.shape[0], -1)

@@ -28,7 +28,15 @@ import jax
 import jax.numpy as jnp
 
 from .._registry import register_model
-from ..layers import BatchNorm2d, Conv2d, DropPath, check_image_input, global_avg_pool, max_pool2d
+from ..layers import (
+    BatchNorm2d,
+    Conv2d,
+    DropPath,
+    FeatureMixin,
+    check_image_input,
+    max_pool2d,
+    stage_info,
+)
 
 __all__ = ["Xception", "XceptionAligned"]
 
@@ -86,12 +94,18 @@ class Block(nn.Module):
         return y + x
 
 
-class Xception(nn.Module):
+class Xception(FeatureMixin, nn.Module):
     """The original Xception (timm ``legacy_xception``), NHWC.
 
     Attributes:
-        num_classes: classifier outputs; ``0`` returns the pooled features.
+        num_classes: classifier outputs; ``0`` returns the pooled features (pre-logits); with
+            ``global_pool=''`` the unpooled ``act4`` map (timm's ``forward_features``).
         in_chans: input channels.
+        features_only: return timm's taps ``[act2, block2.rep.0, block3.rep.0,
+            block12.rep.0, act4]`` (the ``rep.0`` taps are the ReLU of the previous block's
+            output; strides 2, 4, 8, 16, 32) selected by ``out_indices`` (``None``: all),
+            and build no ``fc``.
+        global_pool: ``'avg'``, ``'max'``, ``'avgmax'`` or ``''`` (none).
         drop_rate: dropout before the classifier.
         bn_eps, bn_momentum: BatchNorm settings (torch's defaults, as timm's port).
         dtype, param_dtype: computation and parameter dtypes.
@@ -99,14 +113,24 @@ class Xception(nn.Module):
 
     num_classes: int = 1000
     in_chans: int = 3
+    features_only: bool = False
+    out_indices: Sequence[int] | None = None
+    global_pool: str = "avg"
     drop_rate: float = 0.0
     bn_eps: float = 1e-5
     bn_momentum: float = 0.1
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
+    def _stage_info(self) -> list[dict[str, Any]]:
+        return stage_info(
+            [64, 128, 256, 728, 2048],
+            [2, 4, 8, 16, 32],
+            ["act2", "block2.rep.0", "block3.rep.0", "block12.rep.0", "act4"],
+        )
+
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array | list[jax.Array]:
         check_image_input(x, self.in_chans, type(self).__name__)
         dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         conv = partial(Conv2d, use_bias=False, **dt)
@@ -115,15 +139,21 @@ class Xception(nn.Module):
 
         x = nn.relu(norm(name="bn1")(conv(32, 3, 2, name="conv1")(x), train=train))
         x = nn.relu(norm(name="bn2")(conv(64, 3, name="conv2")(x), train=train))
+        feats = [x]
         x = block(128, 2, stride=2, start_with_relu=False, name="block1")(x, train=train)
+        feats.append(nn.relu(x))
         x = block(256, 2, stride=2, name="block2")(x, train=train)
+        feats.append(nn.relu(x))
         x = block(728, 2, stride=2, name="block3")(x, train=train)
         for i in range(4, 12):
             x = block(728, 3, name=f"block{i}")(x, train=train)
+        feats.append(nn.relu(x))
         x = block(1024, 2, stride=2, grow_first=False, name="block12")(x, train=train)
         x = nn.relu(norm(name="bn3")(SeparableConv2d(1536, conv, name="conv3")(x), train=train))
         x = nn.relu(norm(name="bn4")(SeparableConv2d(2048, conv, name="conv4")(x), train=train))
-        x = global_avg_pool(x)
+        if self.features_only:
+            return self._select_features([*feats, x])
+        x = self._pool(x)
         if self.num_classes == 0:
             return x
         x = nn.Dropout(self.drop_rate, deterministic=not train or self.drop_rate == 0.0)(x)
@@ -171,7 +201,10 @@ class SeparableConvNorm(nn.Module):
 
 
 class _Stack(nn.Module):
-    """timm's ``stack`` Sequential: three separable convs ``conv1..3`` (ReLUs before, or inside)."""
+    """timm's ``stack`` Sequential: three separable convs ``conv1..3`` (ReLUs before, or inside).
+
+    Returns the output and the input of ``conv3`` (timm's ``stack.act3`` feature tap).
+    """
 
     out_chs: Sequence[int]
     conv: ModuleDef
@@ -180,10 +213,12 @@ class _Stack(nn.Module):
     start_with_relu: bool = True
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, *, train: bool = False) -> tuple[jax.Array, jax.Array]:
+        tap = x
         for i, out in enumerate(self.out_chs):
             if self.start_with_relu:
                 x = nn.relu(x)
+            tap = x
             x = SeparableConvNorm(
                 out,
                 self.conv,
@@ -192,11 +227,15 @@ class _Stack(nn.Module):
                 act=not self.start_with_relu,
                 name=f"conv{i + 1}",
             )(x, train=train)
-        return x
+        return x, tap
 
 
 class XceptionModule(nn.Module):
-    """Three separable convs (the last strided) + a 1x1 conv-BN ``shortcut`` or identity."""
+    """Three separable convs (the last strided) + a 1x1 conv-BN ``shortcut`` or identity.
+
+    Returns the output and the input of the third (strided) separable conv, the feature
+    map timm taps in a strided block.
+    """
 
     out_chs: Sequence[int]
     conv: ModuleDef
@@ -207,17 +246,17 @@ class XceptionModule(nn.Module):
     drop_path: float = 0.0
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        y = _Stack(
+    def __call__(self, x: jax.Array, *, train: bool = False) -> tuple[jax.Array, jax.Array]:
+        y, tap = _Stack(
             self.out_chs, self.conv, self.norm, self.stride, self.start_with_relu, name="stack"
         )(x, train=train)
         if self.no_skip:
-            return y
+            return y, tap
         if self.out_chs[-1] != x.shape[-1] or self.stride != 1:
             x = ConvNormAct(
                 self.out_chs[-1], 1, self.conv, self.norm, self.stride, act=False, name="shortcut"
             )(x, train=train)
-        return DropPath(self.drop_path, name="drop_path")(y, train=train) + x
+        return DropPath(self.drop_path, name="drop_path")(y, train=train) + x, tap
 
 
 def _aligned_blocks(middle: int, entry: Sequence[tuple[int, int]]) -> tuple[tuple[Any, ...], ...]:
@@ -228,13 +267,18 @@ def _aligned_blocks(middle: int, entry: Sequence[tuple[int, int]]) -> tuple[tupl
     return tuple(rows)
 
 
-class XceptionAligned(nn.Module):
+class XceptionAligned(FeatureMixin, nn.Module):
     """Modified aligned Xception (timm ``xception41/65/71``), NHWC.
 
     Attributes:
         block_cfg: rows ``(out_chs (3 ints), stride, start_with_relu, no_skip)``.
-        num_classes: classifier outputs; ``0`` returns the pooled features.
+        num_classes: classifier outputs; ``0`` returns the pooled features (pre-logits); with
+            ``global_pool=''`` the unpooled last block's map (timm's ``forward_features``).
         in_chans: input channels.
+        features_only: return timm's taps, ``blocks.{i}.stack.act3`` (the input of the
+            strided conv) of every strided block and the last block's output (strides 2,
+            4, 8, 16, 32), selected by ``out_indices`` (``None``: all); no ``head``.
+        global_pool: ``'avg'``, ``'max'``, ``'avgmax'`` or ``''`` (none).
         drop_rate: dropout before the classifier.
         drop_path_rate: stochastic depth, linear over blocks up to this rate.
         bn_eps, bn_momentum: BatchNorm settings (timm: eps 1e-3, as the TF original).
@@ -244,6 +288,9 @@ class XceptionAligned(nn.Module):
     block_cfg: Sequence[tuple[Any, ...]]
     num_classes: int = 1000
     in_chans: int = 3
+    features_only: bool = False
+    out_indices: Sequence[int] | None = None
+    global_pool: str = "avg"
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
     bn_eps: float = 1e-3
@@ -251,8 +298,21 @@ class XceptionAligned(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
+    def _stage_info(self) -> list[dict[str, Any]]:
+        chans, reds, mods, r = [], [], [], 2  # after the stem
+        for i, (out_chs, stride, *_) in enumerate(self.block_cfg):
+            if stride > 1:
+                chans.append(out_chs[-2])
+                reds.append(r)
+                mods.append(f"blocks.{i}.stack.act3")
+                r *= stride
+        last = len(self.block_cfg) - 1
+        return stage_info(
+            [*chans, self.block_cfg[-1][0][-1]], [*reds, r], [*mods, f"blocks.{last}"]
+        )
+
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array | list[jax.Array]:
         check_image_input(x, self.in_chans, type(self).__name__)
         dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         conv = partial(Conv2d, use_bias=False, **dt)
@@ -261,8 +321,9 @@ class XceptionAligned(nn.Module):
         x = ConvNormAct(32, 3, conv, norm, 2, name="stem_0")(x, train=train)
         x = ConvNormAct(64, 3, conv, norm, 1, name="stem_1")(x, train=train)
         n = len(self.block_cfg)
+        feats = []
         for i, (out_chs, stride, start_with_relu, no_skip) in enumerate(self.block_cfg):
-            x = XceptionModule(
+            x, tap = XceptionModule(
                 tuple(out_chs),
                 conv,
                 norm,
@@ -272,11 +333,18 @@ class XceptionAligned(nn.Module):
                 drop_path=self.drop_path_rate * i / max(n - 1, 1),
                 name=f"blocks_{i}",
             )(x, train=train)
+            if stride > 1:
+                feats.append(tap)
+        if self.features_only:
+            return self._select_features([*feats, x])
+        x = self._pool(x)
+        if self.num_classes == 0:
+            return x
         return _Head(self.num_classes, self.drop_rate, **dt, name="head")(x, train=train)
 
 
 class _Head(nn.Module):
-    """timm's ``ClassifierHead``: global average pool, dropout, Linear ``fc``."""
+    """timm's ``ClassifierHead`` after its pool: dropout, Linear ``fc``."""
 
     num_classes: int
     drop_rate: float = 0.0
@@ -285,9 +353,6 @@ class _Head(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        x = global_avg_pool(x)
-        if self.num_classes == 0:
-            return x
         x = nn.Dropout(self.drop_rate, deterministic=not train or self.drop_rate == 0.0)(x)
         return nn.Dense(
             self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="fc"
