@@ -80,8 +80,10 @@ print(f"{len(flaxcnn.list_models())} models in {len(families)} families:")
 for family, names in families.items():
     print(f"  {family:16s} {', '.join(names)}")
 
+SMALL_TOUR = ["lenet5", "alexnet", "vgg16", "nin", "googlenet", "resnet18"]
+SMALL_TOUR += ["mobilenetv1_100", "mobilenetv3_small_100"]
 TOUR = (
-    ["lenet5", "alexnet", "vgg16", "googlenet", "resnet18"]
+    SMALL_TOUR
     if SMALL
     else [
         "lenet5",
@@ -106,6 +108,7 @@ TOUR = (
         "unet_padded",
     ]
 )
+assert SMALL or {flaxcnn.get_model_spec(n).family for n in TOUR} == set(families)
 summaries = {}
 for name in TOUR:
     summaries[name] = summary(name, compile=False)
@@ -587,9 +590,10 @@ fams = sorted({f for *_, f in points.values()})
 colors = dict(zip(fams, plt.cm.tab20(np.linspace(0, 1, max(len(fams), 2))), strict=False))
 for name, (flops, params, fam) in points.items():
     ax.scatter(flops / 1e9, params / 1e6, color=colors[fam], s=30, edgecolor="k", lw=0.3)
-    ax.annotate(
-        name, (flops / 1e9, params / 1e6), fontsize=7, xytext=(3, 2), textcoords="offset points"
-    )
+    if name in TOUR:  # the tour's models; the rest are unlabelled points of their colour
+        ax.annotate(
+            name, (flops / 1e9, params / 1e6), fontsize=7, xytext=(3, 2), textcoords="offset points"
+        )
 for fam in fams:
     ax.scatter([], [], color=colors[fam], label=fam)
 ax.set_xscale("log")

@@ -48,6 +48,8 @@ def test_notebook_runs(path, tmp_path):
         text=True,
         timeout=900,
     )
-    assert proc.returncode == 0, f"{path.name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    assert proc.returncode == 0, (
+        f"{path.name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    )
     figures = sorted(p.name for p in (tmp_path / "figures").glob("*.png"))
     assert figures, f"{path.name} saved no figure"
