@@ -28,8 +28,6 @@
 # %%
 import functools
 import math
-import os
-from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -41,19 +39,9 @@ import flaxcnn
 from flaxcnn.layers import Conv2d, DepthwiseConv2d, max_pool2d
 from flaxcnn.summary import layer_receptive_fields, receptive_fields, summary
 
-SMALL = os.environ.get("FLAXCNN_NOTEBOOK_SMALL") == "1"
-FIGURES = os.environ.get("FLAXCNN_NOTEBOOK_FIGURES")  # save figures there (CI, scripts)
+from _common import SMALL, show  # small-mode switch, figures saved as PNG
+
 KEY = jax.random.key(0)
-
-
-def show(fig, name):
-    """Display a figure (inline in Jupyter) and save it as PNG when FIGURES is set."""
-    fig.tight_layout()
-    if FIGURES:
-        Path(FIGURES).mkdir(parents=True, exist_ok=True)
-        fig.savefig(Path(FIGURES) / f"{name}.png", dpi=110)
-    plt.show()
-    plt.close(fig)
 
 
 def xla_flops(fn, *args):

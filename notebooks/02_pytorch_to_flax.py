@@ -28,7 +28,6 @@
 
 # %%
 import logging
-import os
 import tempfile
 from pathlib import Path
 
@@ -47,22 +46,12 @@ from flaxcnn.convert.verify import randomize_bn
 from flaxcnn.preprocess import preprocess
 from flaxcnn.summary import receptive_fields
 
-SMALL = os.environ.get("FLAXCNN_NOTEBOOK_SMALL") == "1"
-FIGURES = os.environ.get("FLAXCNN_NOTEBOOK_FIGURES")  # save figures there (CI, scripts)
+from _common import SMALL, show  # small-mode switch, figures saved as PNG
+
 SIZE = 64 if SMALL else 224  # the random test images of the parity checks
 torch.manual_seed(0)
 logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
 logging.getLogger("jax").setLevel(logging.WARNING)
-
-
-def show(fig, name):
-    """Display a figure (inline in Jupyter) and save it as PNG when FIGURES is set."""
-    fig.tight_layout()
-    if FIGURES:
-        Path(FIGURES).mkdir(parents=True, exist_ok=True)
-        fig.savefig(Path(FIGURES) / f"{name}.png", dpi=110)
-    plt.show()
-    plt.close(fig)
 
 
 def nchw_to_nhwc(x):
