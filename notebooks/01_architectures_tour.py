@@ -80,6 +80,7 @@ TOUR = (
         "nin",
         "googlenet",
         "inception_v3",
+        "resnet18",
         "resnet50",
         "resnext50_32x4d",
         "resnetv2_50",
@@ -573,14 +574,21 @@ for name in ZOO:
     s = summaries.get(name) or summary(name, compile=False)
     points[name] = (s.flops, s.params, flaxcnn.get_model_spec(name).family)
 
+# Labels for a few milestones (all points in small mode), placed so they do not collide.
+LABELS = SMALL_TOUR if SMALL else ["lenet5", "alexnet", "vgg16", "googlenet", "resnet50"]
+LABELS += [] if SMALL else ["densenet121", "mobilenetv2_100", "mobilenetv3_small_100"]
+LABELS += [] if SMALL else ["efficientnet_b0", max(points, key=lambda n: points[n][1])]
+OFFSETS = {"resnet18": (4, -9), "resnet50": (4, -9)}
+
 fig, ax = plt.subplots(figsize=(9, 6))
 fams = sorted({f for *_, f in points.values()})
 colors = dict(zip(fams, plt.cm.tab20(np.linspace(0, 1, max(len(fams), 2))), strict=False))
 for name, (flops, params, fam) in points.items():
     ax.scatter(flops / 1e9, params / 1e6, color=colors[fam], s=30, edgecolor="k", lw=0.3)
-    if name in TOUR:  # the tour's models; the rest are unlabelled points of their colour
+    if name in LABELS:
+        xy = (flops / 1e9, params / 1e6)
         ax.annotate(
-            name, (flops / 1e9, params / 1e6), fontsize=7, xytext=(3, 2), textcoords="offset points"
+            name, xy, fontsize=7, xytext=OFFSETS.get(name, (4, 2)), textcoords="offset points"
         )
 for fam in fams:
     ax.scatter([], [], color=colors[fam], label=fam)
