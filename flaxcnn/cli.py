@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("pattern", nargs="?", default="*")
     p.add_argument("--pretrained", action="store_true", help="list name.tag weight tags")
     p.set_defaults(fn=_cmd_list)
-    p = sub.add_parser("summary", help="parameters, FLOPs, activation memory")
+    p = sub.add_parser("summary", help="parameters, FLOPs, activation memory, receptive field")
     p.add_argument("name")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"))
     p.set_defaults(fn=_cmd_summary)

@@ -40,6 +40,8 @@ def test_summary(capsys):
     code, out, _ = run(capsys, "summary", "resnet18")
     assert code == 0
     assert "11,689,512" in out and "FLOPs" in out and "activations/image" in out
+    assert "receptive field   435x435 px (map 7x7, stride 32x32)" in out
+    assert "stage 1: 43x43 px (map 56x56, stride 4x4)" in out
 
 
 def test_convert_checkpoint(tmp_path, capsys):
