@@ -69,24 +69,26 @@ def random_resized_crop(
     same crop, resampled by nearest neighbour (labels must not be interpolated) at the
     pixel centres the bilinear image resampling uses."""
     b, h, w, c = x.shape
-    boxes = jax.vmap(lambda k: _crop_box(k, h, w, scale, ratio))(_per_example(key, b))
+    keys = _per_example(key, b)
 
-    def one(img, s, t):
+    def one(k, img):
+        s, t = _crop_box(k, h, w, scale, ratio)
         return jax.image.scale_and_translate(
             img, (h, w, c), (0, 1), s, t, method="linear", antialias=False
         )
 
-    def one_mask(m, s, t):
+    def one_mask(k, m):
+        s, t = _crop_box(k, h, w, scale, ratio)
         # Output pixel i samples input coordinate (i + 0.5 - t) / s - 0.5, as in
         # scale_and_translate; the nearest input pixel is the floor of that plus 0.5.
         rows = jnp.floor((jnp.arange(h) + 0.5 - t[0]) / s[0]).astype(jnp.int32)
         cols = jnp.floor((jnp.arange(w) + 0.5 - t[1]) / s[1]).astype(jnp.int32)
         return m[jnp.clip(rows, 0, h - 1)][:, jnp.clip(cols, 0, w - 1)]
 
-    out = jax.vmap(one)(x, *boxes)
+    out = jax.vmap(one)(keys, x)
     if mask is None:
         return out
-    return out, jax.vmap(one_mask)(mask, *boxes)
+    return out, jax.vmap(one_mask)(keys, mask)
 
 
 def hflip(
