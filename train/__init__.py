@@ -4,6 +4,7 @@
 trains; ``python -m flaxcnn.train evaluate --config ... --checkpoint DIR`` evaluates.
 
 Modules: :mod:`.steps` (jitted train/eval steps over a ``data`` mesh), :mod:`.data`
-(tfds + grain input pipeline), :mod:`.digits` (the embedded dataset), :mod:`.augment`,
-:mod:`.optim`, :mod:`.checkpoint` (orbax), :mod:`.loop` (the training job), :mod:`.cli`.
+(tfds + grain input pipeline), :mod:`.digits` and :mod:`.shapes` (the embedded
+classification and segmentation sets), :mod:`.augment`, :mod:`.optim`, :mod:`.checkpoint`
+(orbax), :mod:`.loop` (the training job), :mod:`.cli`.
 """

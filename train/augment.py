@@ -10,6 +10,9 @@ batch is sharded, so 1 device and 8 devices augment identically.
 * :func:`hflip`, :func:`color_jitter` (brightness, contrast, saturation),
   :func:`gaussian_noise`, :func:`random_erasing` (Zhong et al., 2017).
 * :func:`mixup` (Zhang et al., 2018) and :func:`cutmix` (Yun et al., 2019) on the batch.
+
+For segmentation the crop and the flip take the batch's masks too and move their pixels
+identically (``mask=``); the other augmentations do not move pixels.
 """
 
 from __future__ import annotations
@@ -36,37 +39,68 @@ def _per_example(key: jax.Array, n: int) -> jax.Array:
     return jax.random.split(key, n)
 
 
+def _crop_box(
+    key: jax.Array, h: int, w: int, scale: tuple[float, float], ratio: tuple[float, float]
+) -> tuple[jax.Array, jax.Array]:
+    """One random crop as the ``(scale, translation)`` that maps it onto the ``h x w`` frame."""
+    k1, k2, k3, k4 = jax.random.split(key, 4)
+    area = jax.random.uniform(k1, (), minval=scale[0], maxval=scale[1]) * h * w
+    log_r = jax.random.uniform(k2, (), minval=jnp.log(ratio[0]), maxval=jnp.log(ratio[1]))
+    r = jnp.exp(log_r)
+    ch = jnp.clip(jnp.sqrt(area / r), 1.0, h)
+    cw = jnp.clip(jnp.sqrt(area * r), 1.0, w)
+    top = jax.random.uniform(k3, ()) * (h - ch)
+    left = jax.random.uniform(k4, ()) * (w - cw)
+    s = jnp.stack([h / ch, w / cw])
+    return s, -jnp.stack([top, left]) * s
+
+
 def random_resized_crop(
     key: jax.Array,
     x: jax.Array,
     scale: tuple[float, float] = (0.08, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
-) -> jax.Array:
-    """Crop a random ``scale`` fraction of the area at a random aspect ``ratio``; resize back."""
+    *,
+    mask: jax.Array | None = None,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """Crop a random ``scale`` fraction of the area at a random aspect ``ratio``; resize back.
+
+    With ``mask`` (``(B, H, W)`` per-pixel labels) returns ``(x, mask)``: the mask gets the
+    same crop, resampled by nearest neighbour (labels must not be interpolated) at the
+    pixel centres the bilinear image resampling uses."""
     b, h, w, c = x.shape
+    keys = _per_example(key, b)
 
     def one(k, img):
-        k1, k2, k3, k4 = jax.random.split(k, 4)
-        area = jax.random.uniform(k1, (), minval=scale[0], maxval=scale[1]) * h * w
-        log_r = jax.random.uniform(k2, (), minval=jnp.log(ratio[0]), maxval=jnp.log(ratio[1]))
-        r = jnp.exp(log_r)
-        ch = jnp.clip(jnp.sqrt(area / r), 1.0, h)
-        cw = jnp.clip(jnp.sqrt(area * r), 1.0, w)
-        top = jax.random.uniform(k3, ()) * (h - ch)
-        left = jax.random.uniform(k4, ()) * (w - cw)
-        s = jnp.stack([h / ch, w / cw])
-        t = -jnp.stack([top, left]) * s
+        s, t = _crop_box(k, h, w, scale, ratio)
         return jax.image.scale_and_translate(
             img, (h, w, c), (0, 1), s, t, method="linear", antialias=False
         )
 
-    return jax.vmap(one)(_per_example(key, b), x)
+    def one_mask(k, m):
+        s, t = _crop_box(k, h, w, scale, ratio)
+        # Output pixel i samples input coordinate (i + 0.5 - t) / s - 0.5, as in
+        # scale_and_translate; the nearest input pixel is the floor of that plus 0.5.
+        rows = jnp.floor((jnp.arange(h) + 0.5 - t[0]) / s[0]).astype(jnp.int32)
+        cols = jnp.floor((jnp.arange(w) + 0.5 - t[1]) / s[1]).astype(jnp.int32)
+        return m[jnp.clip(rows, 0, h - 1)][:, jnp.clip(cols, 0, w - 1)]
+
+    out = jax.vmap(one)(keys, x)
+    if mask is None:
+        return out
+    return out, jax.vmap(one_mask)(keys, mask)
 
 
-def hflip(key: jax.Array, x: jax.Array, p: float = 0.5) -> jax.Array:
-    """Mirror each image left-right with probability ``p``."""
+def hflip(
+    key: jax.Array, x: jax.Array, p: float = 0.5, *, mask: jax.Array | None = None
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """Mirror each image left-right with probability ``p`` (and its ``mask`` with it: then
+    ``(x, mask)`` is returned)."""
     flip = jax.random.bernoulli(key, p, (x.shape[0], 1, 1, 1))
-    return jnp.where(flip, x[:, :, ::-1], x)
+    out = jnp.where(flip, x[:, :, ::-1], x)
+    if mask is None:
+        return out
+    return out, jnp.where(flip[..., 0], mask[:, :, ::-1], mask)
 
 
 def color_jitter(
@@ -165,18 +199,33 @@ def cutmix(
     return mixed, lam_true * y + (1 - lam_true) * y[perm]
 
 
-def augment_batch(key: jax.Array, x: jax.Array, cfg: Mapping[str, Any]) -> jax.Array:
+def augment_batch(
+    key: jax.Array, x: jax.Array, cfg: Mapping[str, Any], *, mask: jax.Array | None = None
+) -> jax.Array | tuple[jax.Array, jax.Array]:
     """The per-image augmentations ``cfg`` switches on, in the usual order.
 
     Keys (0 / False disables): ``crop_scale_min`` (random-resized crop with scale
     ``(crop_scale_min, 1)``), ``hflip``, ``color_jitter`` (strength), ``noise_std``,
     ``erase_prob``.
+
+    With ``mask`` (segmentation: ``(B, H, W)`` labels) returns ``(x, mask)``: the crop and
+    the flip move the mask's pixels exactly as the image's; colour jitter and noise leave it
+    alone. Random erasing would leave labels on pixels it replaced, so it is refused.
     """
+    if mask is not None and cfg.get("erase_prob", 0):
+        raise ValueError("random erasing (erase_prob > 0) does not apply to segmentation masks")
     keys = jax.random.split(key, 5)
     if cfg.get("crop_scale_min", 0):
-        x = random_resized_crop(keys[0], x, scale=(cfg["crop_scale_min"], 1.0))
+        scale = (cfg["crop_scale_min"], 1.0)
+        if mask is None:
+            x = random_resized_crop(keys[0], x, scale=scale)
+        else:
+            x, mask = random_resized_crop(keys[0], x, scale=scale, mask=mask)
     if cfg.get("hflip", False):
-        x = hflip(keys[1], x)
+        if mask is None:
+            x = hflip(keys[1], x)
+        else:
+            x, mask = hflip(keys[1], x, mask=mask)
     if cfg.get("color_jitter", 0):
         s = cfg["color_jitter"]
         x = color_jitter(keys[2], x, s, s, s)
@@ -184,4 +233,4 @@ def augment_batch(key: jax.Array, x: jax.Array, cfg: Mapping[str, Any]) -> jax.A
         x = gaussian_noise(keys[3], x, cfg["noise_std"])
     if cfg.get("erase_prob", 0):
         x = random_erasing(keys[4], x, cfg["erase_prob"])
-    return x
+    return x if mask is None else (x, mask)

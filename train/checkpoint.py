@@ -4,9 +4,9 @@ Each step directory holds two items: ``state`` (params, batch_stats, optimizer s
 step, EMA, the dynamic loss scale and its growth count; ``StandardSave``) and ``data``
 (every process's grain iterator position), so a resumed run continues with exactly the
 next batch. Saves are asynchronous and atomic (orbax writes to a temporary directory and
-renames it), the last ``keep`` checkpoints are kept plus the best one by eval top-1, and a
-preemption signal (when the JAX distributed runtime reports one) triggers a save at the
-next step.
+renames it), the last ``keep`` checkpoints are kept plus the best one by ``best_metric``
+(eval top-1; mean IoU for segmentation), and a preemption signal (when the JAX distributed
+runtime reports one) triggers a save at the next step.
 
 Restoring takes the shardings of the state it restores into, not those that were saved:
 a checkpoint written on 8 devices restores on 1 and vice versa.
@@ -70,6 +70,7 @@ class Checkpointer:
         *,
         keep: int = 2,
         keep_best: bool = True,
+        best_metric: str = "top1",
         async_save: bool = True,
     ):
         self.directory = os.path.abspath(os.fspath(directory))
@@ -77,7 +78,7 @@ class Checkpointer:
         if keep_best:
             policies.append(
                 cm.BestN(
-                    get_metric_fn=lambda m: m["top1"],
+                    get_metric_fn=lambda m: m[best_metric],
                     reverse=False,
                     n=1,
                     keep_checkpoints_without_metrics=False,

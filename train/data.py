@@ -9,6 +9,12 @@ batching. The loader's iterator state goes into the checkpoint (see ``checkpoint
 Host preprocessing only makes every image float32 in [0, 1] at the model's input size;
 augmentation and normalisation run on device (``augment.py``), inside the jitted step.
 
+Segmentation datasets (``task == 'segmentation'``, the embedded ``shapes``) carry a
+per-pixel ``mask`` instead of a ``label``: the image is resized bilinearly and the mask by
+nearest neighbour to ``size x size``, in training and evaluation alike (no centre crop: the
+metrics cover the whole image), and the batch's ``label`` is the ``(B, size, size)`` int32
+mask (255 = ignore).
+
 Digits are 8x8: they are resized bilinearly to 28x28 and zero-padded to 32x32, the way
 LeNet-5's paper fed 28x28 MNIST digits into its 32x32 input, so strokes stay away from the
 border the 5x5 convs cannot centre on. For other sizes the same 7/8 ratio is kept.
@@ -19,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +40,7 @@ __all__ = [
     "get_dataset",
     "load_source",
     "preprocess",
+    "preprocess_segmentation",
     "train_loader",
 ]
 
@@ -52,6 +59,8 @@ class DatasetInfo:
         fit: ``'pad'`` (resize to 7/8 of the side and zero-pad, small digits) or ``'crop'``
             (train: resize; eval: resize to ``size / crop_pct`` and centre-crop).
         needs: how to obtain it, for error messages.
+        task: ``'classification'`` (a ``label`` per image) or ``'segmentation'`` (a ``mask``
+            per image: a class per pixel, 255 ignored).
     """
 
     name: str
@@ -65,6 +74,7 @@ class DatasetInfo:
     std: tuple[float, ...] = (0.5,)
     fit: str = "crop"
     needs: str = ""
+    task: str = "classification"
 
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -81,6 +91,12 @@ DATASETS: dict[str, DatasetInfo] = {
         DatasetInfo(
             "digits", "flaxcnn_digits", 10, 1, max_value=16.0, mean=(0.13,), std=(0.3,), fit="pad",
             needs="embedded (scikit-learn's bundled digits), prepared offline on first use",
+        ),
+        # Train split on [0, 1]: per-channel mean 0.496-0.499, std 0.220-0.222 (measured).
+        DatasetInfo(
+            "shapes", "flaxcnn_shapes", 4, 3, mean=(0.5, 0.5, 0.5), std=(0.22, 0.22, 0.22),
+            needs="embedded (synthetic shapes with masks), prepared offline on first use",
+            task="segmentation",
         ),
         DatasetInfo(
             "mnist", "mnist", 10, 1, mean=(0.1307,), std=(0.3081,), fit="pad", needs=_TF_NOTE
@@ -155,7 +171,7 @@ class FolderSource:
 def load_source(
     info: DatasetInfo, split: str, data_dir: str | None = None, manual_dir: str | None = None
 ):
-    """The random-access source of a split, preparing the embedded digits on first use."""
+    """The random-access source of a split, preparing the embedded sets on first use."""
     if info.tfds_name is None:
         if not data_dir:
             raise ValueError(
@@ -165,22 +181,34 @@ def load_source(
     import tensorflow_datasets as tfds
 
     data_dir = data_dir or default_data_dir()
-    if info.name == "digits":
-        from .digits import Digits
-
+    embedded = _embedded_builder(info.name)
+    if embedded is not None:
         tfds.display_progress_bar(False)
-        builder = Digits(data_dir=data_dir, file_format="array_record")
+        builder = embedded(data_dir=data_dir, file_format="array_record")
     else:
         builder = tfds.builder(info.tfds_name, data_dir=data_dir, file_format="array_record")
     if not builder.is_prepared():
-        if info.name != "digits" and not _can_prepare():
+        if embedded is None and not _can_prepare():
             raise RuntimeError(f"dataset {info.name!r} is not prepared in {data_dir}: {info.needs}")
-        # The embedded set is built locally: never ask tfds to look for a copy on GCS.
+        # The embedded sets are built locally: never ask tfds to look for a copy on GCS.
         config = tfds.download.DownloadConfig(
-            manual_dir=manual_dir, try_download_gcs=info.name != "digits"
+            manual_dir=manual_dir, try_download_gcs=embedded is None
         )
         builder.download_and_prepare(download_config=config)
     return builder.as_data_source(split=split)
+
+
+def _embedded_builder(name: str):
+    """The tfds builder class of an embedded dataset (prepared offline), else ``None``."""
+    if name == "digits":
+        from .digits import Digits
+
+        return Digits
+    if name == "shapes":
+        from .shapes import Shapes
+
+        return Shapes
+    return None
 
 
 def _can_prepare() -> bool:
@@ -222,16 +250,46 @@ def preprocess(
     return x[top : top + size, left : left + size]
 
 
-def _loader(source, info: DatasetInfo, fn: Callable[[np.ndarray], np.ndarray]):
-    """Local indices -> a batch dict (images preprocessed on the host)."""
+def preprocess_segmentation(
+    image: np.ndarray, mask: np.ndarray, info: DatasetInfo, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """An image and its mask at ``(size, size)``: float32 image in [0, 1] (bilinear), int32
+    mask (nearest neighbour, so every pixel keeps a real class or the ignore label)."""
+    x = image.astype(np.float32) / info.max_value
+    if x.ndim == 2:
+        x = x[:, :, None]
+    mask = np.asarray(mask)
+    if mask.ndim == 3:
+        mask = mask[:, :, 0]
+    if mask.shape != (size, size):
+        mask = np.asarray(
+            Image.fromarray(mask.astype(np.uint8)).resize((size, size), Image.NEAREST)
+        )
+    return _resize(x, (size, size)), mask.astype(np.int32)
+
+
+def _loader(source, info: DatasetInfo, size: int, *, train: bool, crop_pct: float = 0.875):
+    """Local indices -> a batch dict (images preprocessed on the host). ``label`` is ``(B,)``
+    for classification, the ``(B, size, size)`` masks for segmentation."""
+    seg = info.task == "segmentation"
+
+    def example(r) -> tuple[np.ndarray, Any]:
+        if seg:
+            return preprocess_segmentation(np.asarray(r["image"]), r["mask"], info, size)
+        image = preprocess(np.asarray(r["image"]), info, size, train=train, crop_pct=crop_pct)
+        return image, r["label"]
 
     def load(indices: np.ndarray) -> dict[str, np.ndarray]:
         records = [source[int(i)] for i in indices]
-        images = [fn(np.asarray(r["image"])) for r in records]
-        shape = (0, 0, 0, info.in_chans)
+        pairs = [example(r) for r in records]
+        if not pairs:  # a process with no rows left in the last eval batch
+            images = np.zeros((0, size, size, info.in_chans), np.float32)
+        else:
+            images = np.stack([p[0] for p in pairs])
+        label_shape = (size, size) if seg else ()
         return {
-            "image": np.stack(images) if images else np.zeros(shape, np.float32),
-            "label": np.array([r["label"] for r in records], np.int32),
+            "image": images,
+            "label": np.array([p[1] for p in pairs], np.int32).reshape(-1, *label_shape),
             "id": np.array([r.get("id", -1) for r in records], np.int64),
         }
 
@@ -263,14 +321,13 @@ def train_loader(
     same for any number of processes. ``iter(...)`` gives an iterator whose
     ``get_state()``/``set_state()`` the checkpoint saves.
     """
-    fn = lambda im: preprocess(im, info, size, train=True)  # noqa: E731
     return (
         grain.MapDataset.range(len(source))
         .shuffle(seed=seed)
         .repeat(None)
         .batch(global_batch_size, drop_remainder=True)
         .map(_process_slice(process_index, process_count, global_batch_size))
-        .map(_loader(source, info, fn))
+        .map(_loader(source, info, size, train=True))
         .to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
     )
 
@@ -291,7 +348,6 @@ def eval_batches(
     collectives in the eval step never wait for a process that has run out.
     """
     n = len(source)
-    fn = lambda im: preprocess(im, info, size, train=False, crop_pct=crop_pct)  # noqa: E731
     local = global_batch_size // process_count
     padded = math.ceil(n / global_batch_size) * global_batch_size
     ds = (
@@ -299,16 +355,18 @@ def eval_batches(
         .batch(global_batch_size)
         .map(_process_slice(process_index, process_count, global_batch_size))
         .map(lambda idx: idx[idx < n])
-        .map(_loader(source, info, fn))
+        .map(_loader(source, info, size, train=False, crop_pct=crop_pct))
     )
     for i in range(len(ds)):
         batch = ds[i]
         k = len(batch["label"])
-        if k == 0:
-            batch["image"] = np.zeros((0, size, size, info.in_chans), np.float32)
-        pad = local - k
         yield {
-            "image": np.pad(batch["image"], ((0, pad), (0, 0), (0, 0), (0, 0))),
-            "label": np.pad(batch["label"], (0, pad)),
+            "image": _pad_rows(batch["image"], local),
+            "label": _pad_rows(batch["label"], local),
             "mask": np.arange(local) < k,
         }
+
+
+def _pad_rows(a: np.ndarray, n: int) -> np.ndarray:
+    """Zero rows appended along the batch axis up to ``n``."""
+    return np.pad(a, [(0, n - len(a))] + [(0, 0)] * (a.ndim - 1))

@@ -17,8 +17,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import flaxcnn
+from flaxcnn.segmentation import mean_iou, pixel_accuracy
 
 from . import data as data_lib
 from .checkpoint import Checkpointer, CheckpointError
@@ -31,6 +33,7 @@ from .steps import (
     make_mesh,
     make_train_step,
     shard_batch,
+    split_outputs,
     to_host,
 )
 
@@ -91,6 +94,11 @@ def setup(cfg: Any, *, devices: list | None = None) -> Setup:
         info = data_lib.get_dataset(cfg.dataset)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    try:
+        spec = flaxcnn.get_model_spec(cfg.model)
+    except ValueError as e:
+        raise ConfigError(f"config.model: {e}") from None
+    _check_task(cfg, spec, info)
     if cfg.batch_size % n_dev:
         raise ConfigError(
             f"config.batch_size={cfg.batch_size} is not divisible by the {n_dev} devices; "
@@ -112,10 +120,6 @@ def setup(cfg: Any, *, devices: list | None = None) -> Setup:
             f"set --config.num_classes={ds_classes} (or 0 to take the dataset's)"
         )
     try:
-        spec = flaxcnn.get_model_spec(cfg.model)
-    except ValueError as e:
-        raise ConfigError(f"config.model: {e}") from None
-    try:
         model = spec.build(
             num_classes=ds_classes,
             in_chans=info.in_chans,
@@ -124,6 +128,8 @@ def setup(cfg: Any, *, devices: list | None = None) -> Setup:
         )
     except TypeError as e:
         raise ConfigError(f"config.model_kwargs: {e}") from None
+    if info.task == "segmentation":
+        _check_output_size(model, cfg, info)
     steps_per_epoch = len(train_source) // cfg.batch_size
     if steps_per_epoch == 0:
         raise ConfigError(
@@ -166,6 +172,7 @@ def setup(cfg: Any, *, devices: list | None = None) -> Setup:
         distill_temperature=cfg.distill.temperature,
         distill_hard=cfg.distill.hard,
         loss_scale_period=int(cfg.loss_scale.period),
+        task=info.task,
     )
     try:
         tx = build_optimizer(cfg.optim, total, head=_head_name(cfg.model))
@@ -184,6 +191,56 @@ def setup(cfg: Any, *, devices: list | None = None) -> Setup:
         steps_per_epoch=steps_per_epoch,
         total_steps=total,
     )
+
+
+def _check_task(cfg: Any, spec: Any, info: data_lib.DatasetInfo) -> None:
+    """The model and the dataset must be for the same task; segmentation takes no recipe
+    that mixes or softens per-image labels, and no augmentation that would leave labels on
+    pixels it changed."""
+    if spec.task != info.task:
+        same = sorted(n for n, d in data_lib.DATASETS.items() if d.task == spec.task)
+        hint = f"one of {same}" if same else "a dataset of that task"
+        raise ConfigError(
+            f"config.model={cfg.model!r} is a {spec.task} model but config.dataset="
+            f"{cfg.dataset!r} is a {info.task} dataset: set config.dataset to {hint}, or "
+            f"choose a {info.task} model"
+        )
+    if info.task != "segmentation":
+        return
+    unsupported = {
+        "mixup_alpha": cfg.mixup_alpha,
+        "cutmix_alpha": cfg.cutmix_alpha,
+        "label_smoothing": cfg.label_smoothing,
+        "distill.alpha": cfg.distill.alpha,
+        "augment.erase_prob": cfg.augment.erase_prob,
+    }
+    on = [f"config.{k}={v}" for k, v in unsupported.items() if v]
+    if on:
+        raise ConfigError(
+            f"segmentation training does not support {', '.join(on)}: set "
+            f"{'them' if len(on) > 1 else 'it'} to 0 (the crop, flip, colour jitter and noise "
+            "augmentations do apply)"
+        )
+
+
+def _check_output_size(model: Any, cfg: Any, info: data_lib.DatasetInfo) -> None:
+    """A segmentation model must map ``image_size`` to logits of the same size (traced with
+    ``eval_shape``: nothing is compiled)."""
+    shape = (1, cfg.image_size, cfg.image_size, info.in_chans)
+    try:
+        out = jax.eval_shape(
+            lambda x: model.init_with_output(jax.random.key(0), x)[0],
+            jax.ShapeDtypeStruct(shape, jnp.float32),
+        )
+    except ValueError as e:
+        raise ConfigError(f"config.image_size={cfg.image_size}: {e}") from None
+    got = tuple(split_outputs(out)[0].shape[1:3])
+    if got != shape[1:3]:
+        raise ConfigError(
+            f"config.model={cfg.model!r} maps {shape[1]}x{shape[2]} images to {got[0]}x{got[1]} "
+            "logits; the trainer needs per-pixel logits at the input size (a padded model, "
+            "e.g. unet_padded)"
+        )
 
 
 def _initial_variables(s: Setup) -> Mapping[str, Any] | None:
@@ -299,31 +356,54 @@ def _steps(s: Setup) -> tuple[Callable, Callable]:
 
 
 def evaluate(s: Setup, state: TrainState, eval_step: Callable | None = None) -> dict[str, float]:
-    """Top-1/top-5 and mean loss over the whole eval split (all processes)."""
+    """Metrics over the whole eval split (all processes): the mean loss and top-1/top-5, or
+    for segmentation the mean per-pixel loss, mean IoU and pixel accuracy, read from the
+    confusion matrix summed over every batch (each step already sums over all devices and
+    processes). Batch results are summed on the host in 64 bits, so counts stay exact."""
     eval_step = eval_step or _steps(s)[1]
-    totals = None
-    for batch in data_lib.eval_batches(
-        s.eval_source,
-        s.info,
-        size=s.cfg.image_size,
-        global_batch_size=s.cfg.eval_batch_size or s.cfg.batch_size,
-        crop_pct=s.cfg.crop_pct,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    ):
-        out = eval_step(state, shard_batch(batch, s.mesh))
-        totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
-    t = to_host(totals)
+    outs = [
+        eval_step(state, shard_batch(batch, s.mesh))
+        for batch in data_lib.eval_batches(
+            s.eval_source,
+            s.info,
+            size=s.cfg.image_size,
+            global_batch_size=s.cfg.eval_batch_size or s.cfg.batch_size,
+            crop_pct=s.cfg.crop_pct,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+    ]
+    t: dict[str, np.ndarray] = {}
+    for out in outs:
+        for k, v in to_host(out).items():
+            wide = np.int64 if np.issubdtype(v.dtype, np.integer) else np.float64
+            t[k] = t.get(k, 0) + v.astype(wide)
     n = float(t["count"])
-    return {
-        "eval_loss": float(t["loss_sum"]) / n,
-        "top1": float(t["top1"]) / n,
-        "top5": float(t["top5"]) / n,
-    }
+    res = {"eval_loss": float(t["loss_sum"]) / n}
+    if s.info.task == "segmentation":
+        confusion = t["confusion"].astype(np.float64)
+        res["miou"] = float(mean_iou(confusion)[0])
+        res["pixel_accuracy"] = float(pixel_accuracy(confusion))
+    else:
+        res["top1"] = float(t["top1"]) / n
+        res["top5"] = float(t["top5"]) / n
+    return res
+
+
+def _best_metric(task: str) -> str:
+    """The eval metric that picks the best checkpoint."""
+    return "miou" if task == "segmentation" else "top1"
+
+
+def _headline(res: dict[str, float]) -> str:
+    if "miou" in res:
+        return f"test mIoU {res['miou']:.2%} pixel accuracy {res['pixel_accuracy']:.2%}"
+    return f"test top-1 {res['top1']:.2%} top-5 {res['top5']:.2%}"
 
 
 def plot_curves(metrics_path: str, out_path: str) -> None:
-    """Loss and accuracy curves (train per log interval, eval per epoch) as a PNG."""
+    """Loss and accuracy curves (train per log interval, eval per epoch) as a PNG; for
+    segmentation the test curves are mean IoU and pixel accuracy."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -332,13 +412,16 @@ def plot_curves(metrics_path: str, out_path: str) -> None:
     with open(metrics_path) as f:
         rows = [json.loads(line) for line in f]
     tr = [r for r in rows if "train_loss" in r]
-    ev = [r for r in rows if "top1" in r]
+    ev = [r for r in rows if "eval_loss" in r]
+    names = {"top1": "test top-1", "miou": "test mIoU", "pixel_accuracy": "test pixel accuracy"}
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
     a1.plot([r["step"] for r in tr], [r["train_loss"] for r in tr], label="train")
     a1.plot([r["step"] for r in ev], [r["eval_loss"] for r in ev], "o-", label="test")
     a1.set(xlabel="step", ylabel="loss", title="loss")
     a2.plot([r["step"] for r in tr], [r["train_accuracy"] for r in tr], label="train")
-    a2.plot([r["step"] for r in ev], [r["top1"] for r in ev], "o-", label="test top-1")
+    for key, label in names.items():
+        if ev and key in ev[0]:
+            a2.plot([r["step"] for r in ev], [r[key] for r in ev], "o-", label=label)
     a2.set(xlabel="step", ylabel="accuracy", title="accuracy", ylim=(0, 1))
     for a in (a1, a2):
         a.grid(alpha=0.3)
@@ -374,7 +457,8 @@ def train(
     ckpt_dir = os.path.join(workdir, "checkpoints")
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     os.makedirs(workdir, exist_ok=True)
-    ckpt = Checkpointer(ckpt_dir, keep=cfg.keep_checkpoints)
+    best = _best_metric(s.info.task)
+    ckpt = Checkpointer(ckpt_dir, keep=cfg.keep_checkpoints, best_metric=best)
     if resume and ckpt.latest_step() is None:
         raise CheckpointError(
             f"--resume: no checkpoint in {ckpt_dir}; drop --resume to start afresh"
@@ -481,7 +565,7 @@ def train(
                         if k != "step":
                             tb.add_scalar(k, v, done)
                     tb.flush()
-                ckpt.save(state, it, metrics={"top1": last_eval["top1"]})
+                ckpt.save(state, it, metrics={best: last_eval[best]})
                 acc_loss, acc_acc, n_acc, overflows = 0.0, 0.0, 0, 0
             elif ckpt.reached_preemption(done):
                 ckpt.save(state, it, force=True)
@@ -507,8 +591,8 @@ def train(
             plot_curves(metrics_path, plot)
             summary["plot"] = plot
             print(
-                f"done: {cfg.model} on {cfg.dataset} test top-1 {last_eval['top1']:.2%} top-5 "
-                f"{last_eval['top5']:.2%} after {summary['step']} steps; "
+                f"done: {cfg.model} on {cfg.dataset} {_headline(last_eval)} after "
+                f"{summary['step']} steps; "
                 f"checkpoints {ckpt_dir}, metrics {metrics_path}, plot {plot}",
                 flush=True,
             )
@@ -519,7 +603,8 @@ def train(
 def evaluate_checkpoint(
     cfg: Any, checkpoint_dir: str | None = None, *, step: int | None = None
 ) -> dict[str, float]:
-    """Top-1/top-5 of a trained checkpoint, or of converted torch weights (``cfg.init_from``)."""
+    """Top-1/top-5 (segmentation: mean IoU, pixel accuracy) of a trained checkpoint, or of
+    converted torch weights (``cfg.init_from``)."""
     s = setup(cfg)
     if checkpoint_dir:
         state = Checkpointer(checkpoint_dir, async_save=False).restore(_fresh_state(s), step=step)

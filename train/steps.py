@@ -13,6 +13,13 @@ averaged. With ``G`` = the device count each device's slice is one group (per-de
 and because the grouping is defined on the batch, not on the hardware, one device with
 ``G`` groups computes exactly what ``G`` devices do.
 
+Segmentation (``StepConfig.task == 'segmentation'``): ``label`` is the ``(B, H, W)`` class
+map (255 ignored), the loss is :func:`flaxcnn.segmentation.cross_entropy` (mean over the
+global batch's labelled pixels) plus ``aux_loss_weight`` times that of an auxiliary map
+(FCN's ``{'out', 'aux'}``), the crop and flip augmentations move the masks with the
+images, and the eval step returns the batch's confusion matrix, which the caller sums over
+the whole split (XLA sums it over the devices and processes of each global batch).
+
 The non-finite guard: a step whose loss or gradients are not finite keeps the old params,
 optimizer state, batch_stats and EMA (``jnp.where`` on every leaf) and reports
 ``nonfinite = 1``; the loop stops after ``max_nonfinite`` in a row.
@@ -46,6 +53,8 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from flaxcnn.segmentation import IGNORE_INDEX, confusion_matrix, cross_entropy
+
 from .augment import augment_batch, cutmix, mixup
 
 __all__ = [
@@ -60,6 +69,7 @@ __all__ = [
     "make_train_step",
     "replicated",
     "shard_batch",
+    "split_outputs",
     "to_host",
 ]
 
@@ -116,6 +126,7 @@ class StepConfig:
     distill_temperature: float = struct.field(pytree_node=False, default=4.0)
     distill_hard: bool = struct.field(pytree_node=False, default=False)
     loss_scale_period: int = struct.field(pytree_node=False, default=2000)
+    task: str = struct.field(pytree_node=False, default="classification")
 
 
 def make_mesh(devices: list | None = None) -> Mesh:
@@ -191,8 +202,11 @@ def _normalise(x: jax.Array, cfg: StepConfig) -> jax.Array:
     return (x - mean) / std
 
 
-def _split_outputs(out: Any) -> tuple[jax.Array, list[jax.Array]]:
-    """Models with auxiliary heads return ``(logits, aux1, ...)`` in train mode."""
+def split_outputs(out: Any) -> tuple[jax.Array, list[jax.Array]]:
+    """Models with auxiliary heads return ``(logits, aux1, ...)`` in train mode, segmentation
+    models with one a dict ``{'out': ..., 'aux': ...}`` (torchvision's FCN)."""
+    if isinstance(out, Mapping):
+        return out["out"], [v for k, v in out.items() if k != "out"]
     if isinstance(out, (tuple, list)):
         return out[0], list(out[1:])
     return out, []
@@ -230,7 +244,8 @@ def make_train_step(
 ) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
     """``train_step(state, batch, rng) -> (state, metrics)``, jitted, state donated.
 
-    ``batch``: ``image`` float32 ``(B, H, W, C)`` in [0, 1], ``label`` int ``(B,)``.
+    ``batch``: ``image`` float32 ``(B, H, W, C)`` in [0, 1], ``label`` int ``(B,)`` (or the
+    ``(B, H, W)`` class map for segmentation; its ``accuracy`` is then pixel accuracy).
     ``teacher``: ``(module, variables)`` for knowledge distillation (Hinton et al., 2015):
     the loss is ``(1 - a) * CE(labels) + a * T^2 * KL(teacher_T || student_T)``, or with
     ``distill_hard`` the CE against the teacher's argmax (hard pseudo-labels).
@@ -238,16 +253,23 @@ def make_train_step(
     and adds ``overflow`` and ``loss_scale`` (the scale this step used) to the metrics.
     """
     aug = dict(cfg.augment)
+    seg = cfg.task == "segmentation"
     if cfg.distill_alpha and teacher is None:
         raise ValueError("distill_alpha > 0 needs a teacher model")
+    if seg and (cfg.mixup_alpha or cfg.cutmix_alpha or cfg.label_smoothing or cfg.distill_alpha):
+        raise ValueError(
+            "segmentation steps take no mixup, cutmix, label smoothing or distillation"
+        )
 
     def step(state: TrainState, batch: dict, rng: jax.Array):
         rng = jax.random.fold_in(rng, state.step)
         k_aug, k_mix, k_drop = jax.random.split(rng, 3)
-        x = augment_batch(k_aug, batch["image"], aug)
+        if seg:
+            x, labels = augment_batch(k_aug, batch["image"], aug, mask=batch["label"])
+        else:
+            x, labels = augment_batch(k_aug, batch["image"], aug), batch["label"]
         x = _normalise(x, cfg)
-        labels = batch["label"]
-        targets = jax.nn.one_hot(labels, cfg.num_classes)
+        targets = labels if seg else jax.nn.one_hot(labels, cfg.num_classes)
         if cfg.mixup_alpha or cfg.cutmix_alpha:
             k_choice, k_m = jax.random.split(k_mix)
             if cfg.mixup_alpha and cfg.cutmix_alpha:
@@ -265,8 +287,13 @@ def make_train_step(
         if teacher is not None and cfg.distill_alpha:
             t_model, t_vars = teacher
             t_logits = jax.lax.stop_gradient(
-                _split_outputs(t_model.apply(t_vars, x, train=False))[0].astype(jnp.float32)
+                split_outputs(t_model.apply(t_vars, x, train=False))[0].astype(jnp.float32)
             )
+
+        def criterion(logits):
+            if seg:
+                return cross_entropy(logits, labels)
+            return jnp.mean(_xent(logits, targets))
 
         def loss_fn(params):
             out, upd = _apply(
@@ -276,11 +303,11 @@ def make_train_step(
                 k_drop,
                 cfg.bn_groups,
             )
-            logits, aux = _split_outputs(out)
+            logits, aux = split_outputs(out)
             logits = logits.astype(jnp.float32)
-            loss = jnp.mean(_xent(logits, targets))
+            loss = criterion(logits)
             for a in aux:
-                loss = loss + cfg.aux_loss_weight * jnp.mean(_xent(a, targets))
+                loss = loss + cfg.aux_loss_weight * criterion(a)
             if t_logits is not None:
                 a = cfg.distill_alpha
                 if cfg.distill_hard:
@@ -352,9 +379,15 @@ def make_train_step(
             ema_params=None if new_ema is None else keep(new_ema, state.ema_params),
             loss_scale=new_ls,
         )
+        hit = jnp.argmax(logits, -1) == labels
+        if seg:  # pixel accuracy over the labelled pixels
+            valid = labels != IGNORE_INDEX
+            accuracy = jnp.sum(hit & valid) / jnp.maximum(jnp.sum(valid), 1)
+        else:
+            accuracy = jnp.mean(hit)
         metrics = {
             "loss": loss,
-            "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
+            "accuracy": accuracy,
             "grad_norm": optax.tree.norm(grads),
             "nonfinite": nonfinite.astype(jnp.int32),
         }
@@ -375,14 +408,29 @@ def make_train_step(
 def make_eval_step(
     model: nn.Module, cfg: StepConfig, mesh: Mesh, *, use_ema: bool = False
 ) -> Callable:
-    """``eval_step(state, batch) -> {loss_sum, top1, top5, count}`` summed over the global
-    batch; examples with ``mask == False`` (padding) do not count."""
+    """``eval_step(state, batch) -> metrics`` summed over the global batch; examples with
+    ``mask == False`` (padding) do not count.
+
+    Classification: ``{loss_sum, top1, top5, count}`` (``count`` images). Segmentation:
+    ``{loss_sum, count, confusion}`` with ``count`` the labelled pixels and ``confusion``
+    the ``(C, C)`` int32 confusion matrix of the batch (rows true class, columns predicted),
+    to be summed over batches before mean IoU and pixel accuracy are read from it."""
+    seg = cfg.task == "segmentation"
 
     def step(state: TrainState, batch: dict):
         params = state.ema_params if use_ema and state.ema_params is not None else state.params
         x = _normalise(batch["image"], cfg)
         out = model.apply({"params": params, "batch_stats": state.batch_stats}, x, train=False)
-        logits = _split_outputs(out)[0].astype(jnp.float32)
+        logits = split_outputs(out)[0].astype(jnp.float32)
+        if seg:
+            keep = batch["mask"].reshape(-1, 1, 1)
+            labels = jnp.where(keep, batch["label"], IGNORE_INDEX)
+            count = jnp.sum(labels != IGNORE_INDEX)
+            return {
+                "loss_sum": cross_entropy(logits, labels) * count,
+                "count": count,
+                "confusion": confusion_matrix(jnp.argmax(logits, -1), labels, cfg.num_classes),
+            }
         labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
         loss = _xent(logits, jax.nn.one_hot(labels, cfg.num_classes))
         k = min(5, cfg.num_classes)

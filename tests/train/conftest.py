@@ -1,6 +1,7 @@
-"""Fixtures for the trainer's tests: the embedded digits prepared once per session, and a
-tiny registry model (ResNet-18's CIFAR stem with one basic block: BN, residual, head) that
-compiles in seconds."""
+"""Fixtures for the trainer's tests: the embedded digits (and, for segmentation, shapes)
+prepared once per session, and tiny registry models that compile in seconds: ResNet-18's
+CIFAR stem with one basic block (BN, residual, head), and a padded U-Net of depth 2 and
+base width 4 on 32x32 shapes."""
 
 import pytest
 
@@ -30,14 +31,42 @@ def tiny_model_kwargs():
     return dict(TINY)
 
 
+@pytest.fixture(scope="session")
+def shapes_dir(data_dir):
+    from flaxcnn.train import data
+
+    data.load_source(data.get_dataset("shapes"), "train", data_dir)
+    return data_dir
+
+
+@pytest.fixture
+def seg_config(shapes_dir):
+    """``make(workdir, **overrides)``: the shapes U-Net config shrunk to seconds (the test
+    split's 200 images in eval batches of 48, so the last one is padded)."""
+
+    def make(workdir, **overrides):
+        cfg = load_config("shapes_unet")
+        cfg.model_kwargs = {"depth": 2, "base_width": 4}
+        cfg.image_size = 32
+        cfg.batch_size = 16
+        cfg.eval_batch_size = 48
+        return _shrink(cfg, shapes_dir, workdir, overrides)
+
+    return make
+
+
 def _tiny_config(data_dir: str, workdir: str, **overrides):
     cfg = load_config("digits_resnet18")
     cfg.model_kwargs = dict(TINY)
-    cfg.data_dir = data_dir
-    cfg.workdir = workdir
     cfg.image_size = 16
     cfg.batch_size = 32
     cfg.eval_batch_size = 120
+    return _shrink(cfg, data_dir, workdir, overrides)
+
+
+def _shrink(cfg, data_dir: str, workdir: str, overrides: dict):
+    cfg.data_dir = data_dir
+    cfg.workdir = workdir
     cfg.num_steps = 4
     cfg.checkpoint_every_steps = 2
     cfg.progress = False

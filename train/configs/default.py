@@ -27,7 +27,7 @@ def get_config() -> ConfigDict:
     c.batch_norm = "sync"
     c.bn_group_devices = 1
     # Data.
-    c.dataset = "digits"
+    c.dataset = "digits"  # the model's task must match: shapes for segmentation models
     c.data_dir = ""  # default: $TFDS_DATA_DIR or ~/tensorflow_datasets
     c.manual_dir = ""  # imagenet2012's downloaded tars
     c.num_classes = 0  # 0: the dataset's; anything else must agree with it
@@ -35,6 +35,8 @@ def get_config() -> ConfigDict:
     c.crop_pct = 0.875
     c.batch_size = 128  # global, over all devices and processes
     c.eval_batch_size = 0  # 0: batch_size
+    # Segmentation datasets (shapes): the crop and the flip move the masks with the images;
+    # erase_prob, mixup, cutmix, label smoothing and distillation are refused at start-up.
     c.augment = ConfigDict(
         {
             "crop_scale_min": 0.0,
@@ -70,7 +72,9 @@ def get_config() -> ConfigDict:
         }
     )
     c.label_smoothing = 0.0
-    c.aux_loss_weight = 0.3  # GoogLeNet / Inception auxiliary heads
+    # Auxiliary heads' loss weight: 0.3 for GoogLeNet / Inception; torchvision's references
+    # train FCN's 'aux' map with 0.5 (set it so for fcn_resnet50/101).
+    c.aux_loss_weight = 0.3
     c.ema_decay = 0.0  # > 0: keep an EMA of the weights and evaluate with it
     # Knowledge distillation from a teacher (a registry name and a checkpoint dir of this trainer).
     c.distill = ConfigDict(
