@@ -135,27 +135,35 @@ class Checkpointer:
         return _from_tree(out["state"])
 
     def restore_variables(
-        self, like: Mapping[str, Any], *, step: int | None = None
+        self, like: Mapping[str, Any], *, step: int | None = None, prefer_ema: bool = True
     ) -> dict[str, Any]:
-        """Only ``params`` and ``batch_stats`` (a teacher for distillation), into the shapes,
-        dtypes and shardings of ``like``. Whatever else the checkpoint holds (optimizer state
-        of any optimizer, EMA, loss scale) is not read, so it need not match ``like``."""
+        """Only the model's variables, into the shapes, dtypes and shardings of ``like``
+        (``{'params', 'batch_stats'}``): a distillation teacher, or ``evaluate``.
+
+        With ``prefer_ema`` (the default) a checkpoint of a run that kept an EMA gives its
+        EMA weights as ``params``: those are what that run evaluated and reported. Whatever
+        else the checkpoint holds (optimizer state of any optimizer, loss scale) is not
+        read, so it need not match the run restoring it (other optimizer, precision, EMA).
+        """
         step = self.latest_step() if step is None else step
         if step is None:
             raise CheckpointError(f"no checkpoint in {self.directory}")
-        tree = {"params": like["params"], "batch_stats": like.get("batch_stats", {})}
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
-        restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), tree)
         # The "state" item is written by StandardCheckpointHandler in the PyTree format, which
         # PyTreeCheckpointer can read in part.
         path = os.path.join(self.directory, str(step), "state")
         with ocp.PyTreeCheckpointer() as reader:
-            return reader.restore(
+            saved = reader.metadata(path).item_metadata
+            src = "ema_params" if prefer_ema and "ema_params" in saved else "params"
+            tree = {src: like["params"], "batch_stats": like.get("batch_stats", {})}
+            abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+            restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), tree)
+            out = reader.restore(
                 path,
                 args=ocp.args.PyTreeRestore(
                     item=abstract, restore_args=restore_args, partial_restore=True
                 ),
             )
+        return {"params": out[src], "batch_stats": out["batch_stats"]}
 
     def reached_preemption(self, step: int) -> bool:
         return self.manager.reached_preemption(step)

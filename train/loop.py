@@ -295,8 +295,8 @@ def _teacher(s: Setup):
         d.teacher, num_classes=s.num_classes, in_chans=s.info.in_chans, **dict(d.teacher_kwargs)
     )
     like = _fresh_state(s, t_model, jax.random.key(0), tx=_null_tx())
-    # Only the teacher's params and BN statistics: its optimizer state (whatever optimizer it
-    # was trained with), EMA and loss scale are not needed and need not match ``like``.
+    # Only the teacher's weights (its EMA weights if it kept an EMA: what it evaluated) and BN
+    # statistics: its optimizer state and loss scale are not needed and need not match.
     return t_model, Checkpointer(d.checkpoint, async_save=False).restore_variables(
         {"params": like.params, "batch_stats": like.batch_stats}
     )
@@ -607,7 +607,13 @@ def evaluate_checkpoint(
     converted torch weights (``cfg.init_from``)."""
     s = setup(cfg)
     if checkpoint_dir:
-        state = Checkpointer(checkpoint_dir, async_save=False).restore(_fresh_state(s), step=step)
+        # The weights only (the EMA weights where the run kept an EMA, as it evaluated them):
+        # the optimizer, precision and loss scale of the evaluating config need not match.
+        like = _fresh_state(s)
+        variables = Checkpointer(checkpoint_dir, async_save=False).restore_variables(
+            {"params": like.params, "batch_stats": like.batch_stats}, step=step
+        )
+        state = _fresh_state(s, variables=variables)
     elif cfg.init_from.weights:
         state = _fresh_state(s, variables=_initial_variables(s))
     else:

@@ -193,3 +193,32 @@ def test_float16_overflows_neither_stop_nor_block_checkpoints_and_tensorboard(
     _, variables = loop._teacher(loop.setup(student))
     got, want = steps.to_host((variables["params"], out["state"].params))
     jax.tree.map(np.testing.assert_array_equal, got, want)
+
+    # The float16 checkpoint evaluates under a float32 config (no loss scale to restore).
+    as_fp32 = tiny_config(str(tmp_path / "eval"), model="lenet5", model_kwargs={}, image_size=32)
+    ev = loop.evaluate_checkpoint(as_fp32, str(tmp_path / "checkpoints"))
+    assert ev["top1"] == pytest.approx(out["top1"])
+
+
+def test_restore_variables_prefers_the_ema_weights(tmp_path):
+    """A run that kept an EMA evaluated its EMA weights: a teacher or ``evaluate`` restoring
+    its checkpoint gets those (``prefer_ema=False``: the raw weights), and none of the
+    optimizer state is needed."""
+    import flax.linen as nn
+    import optax
+
+    mesh = steps.make_mesh()
+    model = nn.Dense(3)
+    state = steps.create_train_state(
+        model, optax.sgd(0.1, momentum=0.9), jax.random.key(0), (1, 4), mesh, ema=True
+    )
+    state = state.replace(ema_params=jax.tree.map(lambda a: a * 2 + 1, state.ema_params))
+    ckpt = Checkpointer(tmp_path, async_save=False, keep_best=False)
+    ckpt.save(state, None, force=True)
+    ckpt.close()
+    like = {"params": state.params, "batch_stats": {}}
+    reader = Checkpointer(tmp_path, async_save=False, keep_best=False)
+    ema = steps.to_host(reader.restore_variables(like)["params"])
+    raw = steps.to_host(reader.restore_variables(like, prefer_ema=False)["params"])
+    jax.tree.map(np.testing.assert_array_equal, ema, steps.to_host(state.ema_params))
+    jax.tree.map(np.testing.assert_array_equal, raw, steps.to_host(state.params))
