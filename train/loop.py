@@ -173,6 +173,7 @@ def setup(cfg: Any, *, devices: list | None = None) -> Setup:
         distill_hard=cfg.distill.hard,
         loss_scale_period=int(cfg.loss_scale.period),
         task=info.task,
+        frozen_head=(_head_name(cfg.model) or "") if cfg.optim.get("freeze_backbone") else "",
     )
     try:
         tx = build_optimizer(cfg.optim, total, head=_head_name(cfg.model))

@@ -8,8 +8,9 @@
   ``cosine`` (linear warm-up, then cosine to zero); ``plateau`` additionally scales the
   updates by optax's reduce-on-plateau on the training loss.
 * Gradient clipping by global norm; ``freeze_backbone`` zeroes every update outside the
-  classifier head (fine-tuning converted weights with a new head). BatchNorm running
-  statistics are not parameters: the backbone's still update in train mode.
+  classifier head (fine-tuning converted weights with a new head); the train step then
+  runs the backbone's BatchNorm in eval mode (``StepConfig.frozen_head``), so its running
+  statistics stay those the weights were trained with.
 """
 
 from __future__ import annotations

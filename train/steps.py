@@ -56,6 +56,7 @@ from jax.sharding import PartitionSpec as P
 from flaxcnn.segmentation import IGNORE_INDEX, confusion_matrix, cross_entropy
 
 from .augment import augment_batch, cutmix, mixup
+from .optim import _in_head
 
 __all__ = [
     "MIN_LOSS_SCALE",
@@ -127,6 +128,9 @@ class StepConfig:
     distill_hard: bool = struct.field(pytree_node=False, default=False)
     loss_scale_period: int = struct.field(pytree_node=False, default=2000)
     task: str = struct.field(pytree_node=False, default="classification")
+    # The classifier's name when the backbone is frozen (optim.freeze_backbone): the
+    # backbone's BatchNorm then runs in eval mode. "" otherwise.
+    frozen_head: str = struct.field(pytree_node=False, default="")
 
 
 def make_mesh(devices: list | None = None) -> Mesh:
@@ -216,10 +220,37 @@ def _xent(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
-def _apply(model, variables, x, rng, bn_groups):
-    """Train-mode forward; per-group BN statistics when ``bn_groups > 1``."""
+def _frozen_batchnorm(head: str) -> Callable:
+    """A flax method interceptor: every BatchNorm outside the classifier ``head`` runs in
+    eval mode (running statistics, left unchanged), as Keras does for a frozen layer and
+    timm's ``freeze_batch_norm_2d``: a frozen backbone keeps the statistics its weights
+    were trained with, while the head still trains in train mode (dropout, its own BN).
+    Covers flaxcnn's ``BatchNorm2d`` (every model's) and a flax ``nn.BatchNorm`` whose
+    ``use_running_average`` is given at call time (flax forbids overriding a field)."""
+    from flaxcnn.layers import BatchNorm2d
+
+    def interceptor(next_fun, args, kwargs, context):
+        m = context.module
+        if context.method_name == "__call__" and not _in_head(list(m.path), head):
+            if isinstance(m, BatchNorm2d):
+                kwargs = {**kwargs, "train": False}
+            elif isinstance(m, nn.BatchNorm) and m.use_running_average is None:
+                kwargs = {**kwargs, "use_running_average": True}
+        return next_fun(*args, **kwargs)
+
+    return interceptor
+
+
+def _apply(model, variables, x, rng, bn_groups, frozen_head=""):
+    """Train-mode forward; per-group BN statistics when ``bn_groups > 1``; with a
+    ``frozen_head`` (the classifier of a frozen backbone) the backbone's BN in eval mode."""
 
     def fwd(v, xs, key):
+        if frozen_head:
+            with nn.intercept_methods(_frozen_batchnorm(frozen_head)):
+                return model.apply(
+                    v, xs, train=True, mutable=["batch_stats"], rngs={"dropout": key}
+                )
         return model.apply(v, xs, train=True, mutable=["batch_stats"], rngs={"dropout": key})
 
     if bn_groups <= 1:
@@ -302,6 +333,7 @@ def make_train_step(
                 x,
                 k_drop,
                 cfg.bn_groups,
+                cfg.frozen_head,
             )
             logits, aux = split_outputs(out)
             logits = logits.astype(jnp.float32)

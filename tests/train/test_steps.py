@@ -12,6 +12,7 @@ import optax
 import pytest
 
 import flaxcnn
+from flaxcnn.layers import BatchNorm2d
 from flaxcnn.train import optim, steps
 
 TINY = {"stem_type": "cifar", "stage_sizes": (1,)}  # as conftest's tiny model
@@ -148,11 +149,15 @@ class _Tiny(nn.Module):
     a second."""
 
     dtype: Any = None
+    torch_bn: bool = False  # flaxcnn's BatchNorm2d (every model's) instead of flax's
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
         x = nn.Conv(4, (3, 3), dtype=self.dtype, name="conv")(x)
-        x = nn.BatchNorm(use_running_average=not train, dtype=self.dtype, name="bn")(x)
+        if self.torch_bn:
+            x = BatchNorm2d(dtype=self.dtype, name="bn")(x, train=train)
+        else:
+            x = nn.BatchNorm(use_running_average=not train, dtype=self.dtype, name="bn")(x)
         return nn.Dense(10, dtype=self.dtype, name="fc")(nn.relu(x).mean(axis=(1, 2)))
 
 
@@ -313,11 +318,12 @@ def test_distillation_hard_pseudo_labels_equal_hand_computed_ce(distill_setup):
 
 
 def test_freeze_backbone_changes_only_the_classifier():
-    """Only ``fc`` moves (weight decay and momentum included); BN's running statistics are
-    not parameters and still update."""
+    """Only ``fc`` moves (weight decay and momentum included). With the step told the head
+    (``frozen_head``) the backbone's BN runs in eval mode, so its running statistics stay;
+    without, they update (a plain train step)."""
     from ml_collections import ConfigDict
 
-    model, mesh = _Tiny(), steps.make_mesh()
+    model, mesh = _Tiny(torch_bn=True), steps.make_mesh()
     cfg = ConfigDict(
         {"optimizer": "sgd", "learning_rate": 0.1, "schedule": "constant", "momentum": 0.9,
          "weight_decay": 0.1, "freeze_backbone": True}
@@ -325,14 +331,18 @@ def test_freeze_backbone_changes_only_the_classifier():
     tx = optim.build_optimizer(cfg, 10, head="fc")
     state = steps.create_train_state(model, tx, jax.random.key(0), (1, *SMALL[1:]), mesh)
     before = steps.to_host((state.params, state.batch_stats))
-    step = steps.make_train_step(model, tx, steps.StepConfig(10), mesh)
-    state, _ = step(state, steps.shard_batch(_images(), mesh), jax.random.key(1))
-    after = steps.to_host((state.params, state.batch_stats))
-    assert set(after[0]) == {"conv", "bn", "fc"}
-    assert all(jax.tree.leaves(_changed(after[0]["fc"], before[0]["fc"])))
-    for name in ("conv", "bn"):
-        jax.tree.map(np.testing.assert_array_equal, after[0][name], before[0][name])
-    assert all(jax.tree.leaves(_changed(after[1], before[1])))
+    batch = steps.shard_batch(_images(), mesh)
+    for frozen_head in ("fc", ""):
+        step = steps.make_train_step(model, tx, steps.StepConfig(10, frozen_head=frozen_head), mesh)
+        fresh = steps.create_train_state(model, tx, jax.random.key(0), (1, *SMALL[1:]), mesh)
+        new, _ = step(fresh, batch, jax.random.key(1))  # the step donates its state
+        after = steps.to_host((new.params, new.batch_stats))
+        assert set(after[0]) == {"conv", "bn", "fc"}
+        assert all(jax.tree.leaves(_changed(after[0]["fc"], before[0]["fc"])))
+        for name in ("conv", "bn"):
+            jax.tree.map(np.testing.assert_array_equal, after[0][name], before[0][name])
+        stats_moved = jax.tree.leaves(_changed(after[1], before[1]))
+        assert all(stats_moved) if not frozen_head else not any(stats_moved)
 
 
 def test_freeze_backbone_finds_nested_and_flattened_heads():
