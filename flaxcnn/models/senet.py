@@ -194,28 +194,28 @@ class SENet(FeatureMixin, nn.Module):
         return nn.Dense(self.num_classes, name="last_linear", **dt)(x)
 
 
-LegacySEResNeXt26_32x4d = register_model(
+def _legacy(name: str, camel: str, **config: Any) -> Callable[..., nn.Module]:
+    return register_model(
+        name,
+        SENet,
+        family="senet",
+        camel=camel,
+        sources={"timm": name},
+        classifier="last_linear",
+        first_conv="layer0.conv1",
+        paper="Hu et al., Squeeze-and-Excitation Networks, CVPR 2018",
+        **config,
+    )
+
+
+# The small one first: the registry-wide contract test compiles each family's first model.
+LegacySEResNeXt26_32x4d = _legacy(
     "legacy_seresnext26_32x4d",
-    SENet,
-    family="senet",
-    camel="LegacySEResNeXt26_32x4d",
-    sources={"timm": "legacy_seresnext26_32x4d"},
-    classifier="last_linear",
-    first_conv="layer0.conv1",
-    paper="Hu et al., Squeeze-and-Excitation Networks, CVPR 2018",
+    "LegacySEResNeXt26_32x4d",
     layers=(2, 2, 2, 2),
     block="seresnext",
     groups=32,
     inplanes=64,
     downsample_kernel_size=1,
 )
-SENet154 = register_model(
-    "legacy_senet154",
-    SENet,
-    family="senet",
-    camel="SENet154",
-    sources={"timm": "legacy_senet154"},
-    classifier="last_linear",
-    first_conv="layer0.conv1",
-    paper="Hu et al., Squeeze-and-Excitation Networks, CVPR 2018",
-)
+SENet154 = _legacy("legacy_senet154", "SENet154")
