@@ -93,143 +93,297 @@ def _time(fn, sync, repeats: int) -> list[float]:
     return out
 
 
+class Pair:
+    """A torch model and its flaxcnn conversion holding the same weights, with the
+    inference and training steps of both (forward, backward, SGD-momentum update, BN
+    statistics update), on ``device`` at ``args.precision``."""
+
+    def __init__(self, name: str, args, device):
+        import torch
+
+        self.name, self.device = name, device
+        self.source, src_name = _source_of(name)
+        torch.manual_seed(0)
+        tmodel = build_torch_model(src_name, self.source)
+        randomize_bn(tmodel)
+        module, self.variables = from_torch(src_name, tmodel, source=self.source)
+        self.bf16 = args.precision == "bf16"
+        self.module = module.clone(dtype=jnp.bfloat16) if self.bf16 else module
+        self.size = args.size or flaxcnn.get_model_spec(name).input_size[0]
+        self.tmodel = tmodel.to(device).to(memory_format=torch.channels_last)
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16)
+        self.opt = torch.optim.SGD(self.tmodel.parameters(), lr=0.01, momentum=0.9)
+        self.jdev = jax.devices()[0]
+        self.tx = optax.sgd(0.01, momentum=0.9)
+        self.flax_infer = jax.jit(self.module.apply)
+        self.flax_train = jax.jit(self._flax_train, donate_argnums=0)
+
+    def inputs(self, n: int):
+        """The same batch for both: (torch x, torch y, jax x, jax y)."""
+        import torch
+
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((n, self.size, self.size, 3), dtype=np.float32)
+        y = rng.integers(0, 1000, n)
+        xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(self.device)
+        xt = xt.to(memory_format=torch.channels_last)
+        yt = torch.from_numpy(y).to(self.device)
+        return xt, yt, jax.device_put(x, self.jdev), jax.device_put(y, self.jdev)
+
+    def flax_state(self):
+        """A fresh training state, in new buffers: the train step donates (consumes) it."""
+        host = jax.tree.map(np.array, self.variables)
+        params = jax.device_put(host["params"], self.jdev)
+        stats = jax.device_put(host.get("batch_stats", {}), self.jdev)
+        return params, stats, self.tx.init(params)
+
+    def _flax_train(self, state, x, y):
+        params, batch_stats, opt_state = state
+
+        def loss_fn(params, batch_stats):
+            logits, new = self.module.apply(
+                {"params": params, "batch_stats": batch_stats},
+                x,
+                train=True,
+                mutable=["batch_stats"],
+            )
+            logits = logits.astype(jnp.float32)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new
+
+        (_, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch_stats)
+        updates, opt_state = self.tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), new["batch_stats"], opt_state
+
+    def torch_infer(self, tm, xt):
+        import torch
+
+        with torch.inference_mode(), self.autocast:
+            tm.eval()(xt)
+
+    def torch_train(self, tm, xt, yt):
+        import torch
+
+        tm.train()
+        self.opt.zero_grad(set_to_none=True)
+        with self.autocast:
+            loss = torch.nn.functional.cross_entropy(tm(xt).float(), yt)
+        loss.backward()
+        self.opt.step()
+
+    def sync(self):
+        _sync_torch(self.device)
+
+
+def _first(fn, sync) -> float:
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - t0
+
+
 def bench_model(name: str, args, device) -> list[Row]:
     import torch
 
-    source, src_name = _source_of(name)
-    torch.manual_seed(0)
-    tmodel = build_torch_model(src_name, source)
-    randomize_bn(tmodel)
-    module, variables = from_torch(src_name, tmodel, source=source)
-    bf16 = args.precision == "bf16"
-    if bf16:
-        module = module.clone(dtype=jnp.bfloat16)
-    size, n = args.size or flaxcnn.get_model_spec(name).input_size[0], args.batch
-    tmodel = tmodel.to(device).to(memory_format=torch.channels_last)
-    rng = np.random.default_rng(0)
-    x_np = rng.standard_normal((n, size, size, 3), dtype=np.float32)
-    y_np = rng.integers(0, 1000, n)
-    xt = (
-        torch.from_numpy(x_np.transpose(0, 3, 1, 2).copy())
-        .to(device)
-        .to(memory_format=torch.channels_last)
-    )
-    yt = torch.from_numpy(y_np).to(device)
-    jdev = jax.devices()[0]
-    xj, yj = jax.device_put(x_np, jdev), jax.device_put(y_np, jdev)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-
-    # ---- flax steps
-    @jax.jit
-    def flax_infer(v, x):
-        return module.apply(v, x)
-
-    tx = optax.sgd(0.01, momentum=0.9)
-
-    def loss_fn(params, batch_stats, x, y):
-        logits, state = module.apply(
-            {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
-        )
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y).mean()
-        return loss, state["batch_stats"]
-
-    def flax_train(state, x, y):
-        params, batch_stats, opt_state = state
-        (_, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, batch_stats, x, y
-        )
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), batch_stats, opt_state
-
-    flax_train = jax.jit(flax_train, donate_argnums=0)
-    fstate = [jax.device_put(variables["params"]), jax.device_put(variables.get("batch_stats", {}))]
-    fstate.append(tx.init(fstate[0]))
-    fstate = tuple(fstate)
-
-    # ---- torch steps
-    variants = [("eager", tmodel)]
+    pair = Pair(name, args, device)
+    n = args.batch
+    xt, yt, xj, yj = pair.inputs(n)
+    fstate = pair.flax_state()
+    variants = [("eager", pair.tmodel)]
     if args.compile:
-        variants.append(("compile", torch.compile(tmodel)))
-    opt = torch.optim.SGD(tmodel.parameters(), lr=0.01, momentum=0.9)
+        variants.append(("compile", torch.compile(pair.tmodel)))
 
-    def jsync():
+    def flax_infer():
+        pair.flax_infer(pair.variables, xj).block_until_ready()
+
+    def flax_train():
+        nonlocal fstate
+        fstate = pair.flax_train(fstate, xj, yj)
         jax.block_until_ready(fstate)
 
     rows = []
     for variant, tm in variants:
-        # inference
-        def t_infer(tm=tm):
-            with torch.inference_mode(), autocast:
-                tm.eval()(xt)
-
-        def f_infer():
-            flax_infer(variables, xj).block_until_ready()
-
-        t0 = time.perf_counter()
-        t_infer()
-        _sync_torch(device)
-        t_first = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        f_infer()
-        f_first = time.perf_counter() - t0
-        ti, fi = _alternate(t_infer, f_infer, lambda: _sync_torch(device), args)
-        rows.append(
-            Row(
-                name,
-                source,
-                "inference",
-                variant,
-                n,
-                size,
-                args.precision,
-                n / ti,
-                n / fi,
-                t_first,
-                f_first,
-            )
-        )
-
-        # training
-        def t_train(tm=tm):
-            tm.train()
-            opt.zero_grad(set_to_none=True)
-            with autocast:
-                loss = torch.nn.functional.cross_entropy(tm(xt).float(), yt)
-            loss.backward()
-            opt.step()
-
-        def f_train():
-            nonlocal fstate
-            fstate = flax_train(fstate, xj, yj)
-            jsync()
-
-        t0 = time.perf_counter()
-        t_train()
-        _sync_torch(device)
-        t_first = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        f_train()
-        f_first = time.perf_counter() - t0
-        tt, ft = _alternate(t_train, f_train, lambda: _sync_torch(device), args)
-        row = Row(
-            name,
-            source,
-            "train",
-            variant,
-            n,
-            size,
-            args.precision,
-            n / tt,
-            n / ft,
-            t_first,
-            f_first,
-        )
-        if device.type == "cuda":
-            row.torch_peak_mib = torch.cuda.max_memory_allocated() / 2**20
-            stats = jdev.memory_stats() or {}
-            row.flax_peak_mib = stats.get("peak_bytes_in_use", float("nan")) / 2**20
-        rows.append(row)
+        for task, t_fn, f_fn in (
+            ("inference", lambda tm=tm: pair.torch_infer(tm, xt), flax_infer),
+            ("train", lambda tm=tm: pair.torch_train(tm, xt, yt), flax_train),
+        ):
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            t_first, f_first = _first(t_fn, pair.sync), _first(f_fn, lambda: None)
+            tt, ft = _alternate(t_fn, f_fn, pair.sync, args)
+            row = Row(name, pair.source, task, variant, n, pair.size, args.precision,
+                      n / tt, n / ft, t_first, f_first)  # fmt: skip
+            if device.type == "cuda":
+                row.torch_peak_mib = torch.cuda.max_memory_allocated() / 2**20
+                stats = pair.jdev.memory_stats() or {}
+                row.flax_peak_mib = stats.get("peak_bytes_in_use", float("nan")) / 2**20
+            rows.append(row)
     return rows
+
+
+# ---- memory against batch size (the seed lectures' VGG-19 experiment)
+
+
+@dataclasses.dataclass
+class MemRow:
+    model: str
+    batch: int
+    size: int
+    precision: str
+    torch_mib: float  # training-step peak, all it holds included (see _memory_at)
+    flax_mib: float
+
+
+def _torch_held_bytes(pair: Pair, *tensors) -> int:
+    """Bytes of what a training step keeps between steps: parameters, buffers, gradients,
+    optimizer state, and the batch (each storage once)."""
+    import torch
+
+    m, opt = pair.tmodel, pair.opt
+    held = [*m.parameters(), *m.buffers(), *tensors]
+    held += [p.grad for p in m.parameters() if p.grad is not None]
+    held += [v for st in opt.state.values() for v in st.values() if torch.is_tensor(v)]
+    return sum(
+        {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in held}.values()
+    )
+
+
+def _torch_cpu_step_peak(step) -> int:
+    """Peak bytes torch's allocator holds during ``step`` above what it held before, from
+    the profiler's allocation events. Two steps are profiled and the second measured, so
+    every block the measured step frees was allocated where the profiler saw it."""
+    import torch
+
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+    ) as prof:
+        step()
+        with torch.profiler.record_function("measured_step"):
+            step()
+    events = list(prof.profiler.kineto_results.events())
+    mark = next(e for e in events if e.name() == "measured_step")
+    cur, base, peak = 0, None, 0
+    for e in sorted((e for e in events if e.name() == "[memory]"), key=lambda e: e.start_ns()):
+        if base is None and e.start_ns() >= mark.start_ns():
+            base = cur
+        cur += e.nbytes()
+        if base is not None and e.start_ns() <= mark.end_ns():
+            peak = max(peak, cur - base)
+    return peak
+
+
+def _memory_at(pair: Pair, n: int, precision: str) -> MemRow:
+    """Peak memory of one training step at batch ``n``, everything the step holds included
+    (parameters, statistics, gradients, optimizer state, batch, activations, workspace).
+    flaxcnn: XLA's buffer assignment for the compiled step (arguments + outputs - donated +
+    temporaries), which is what XLA allocates. PyTorch: the allocator's own peak on CUDA;
+    on CPU, what the step holds plus the peak of the profiler's allocation events."""
+    import torch
+
+    xt, yt, xj, yj = pair.inputs(n)
+    compiled = pair.flax_train.lower(pair.flax_state(), xj, yj).compile()
+    m = compiled.memory_analysis()
+    planned = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
+    flax_mib = (planned - m.alias_size_in_bytes) / 2**20
+
+    def torch_step():
+        pair.torch_train(pair.tmodel, xt, yt)
+        pair.sync()
+
+    torch_step()  # warm-up: gradients and optimizer state exist, as in training
+    if pair.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        torch_step()
+        torch_mib = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        torch_mib = (_torch_held_bytes(pair, xt, yt) + _torch_cpu_step_peak(torch_step)) / 2**20
+    return MemRow(pair.name, n, pair.size, precision, torch_mib, flax_mib)
+
+
+def memory_curve(name: str, args, device) -> list[MemRow]:
+    """Training-step memory of both frameworks at each of ``args.memory_batches``."""
+    pair = Pair(name, args, device)
+    rows = []
+    for n in args.memory_batches:
+        r = _memory_at(pair, n, args.precision)
+        print(
+            f"{name:20s} batch {n:4d}  torch {r.torch_mib:9.0f} MiB  flax {r.flax_mib:9.0f} MiB",
+            flush=True,
+        )
+        rows.append(r)
+    return rows
+
+
+def largest_batch(rows: list[MemRow], field: str, budget_mib: float) -> tuple[int, float]:
+    """Largest batch whose step fits in ``budget_mib``, from a least-squares line
+    memory = a + k * batch through the measured points (activation memory grows linearly
+    with the batch); also the line's worst relative residual on those points."""
+    b = np.array([r.batch for r in rows], float)
+    m = np.array([getattr(r, field) for r in rows], float)
+    k, a = np.polyfit(b, m, 1)
+    resid = float(np.max(np.abs(a + k * b - m) / np.maximum(m, 1.0)))
+    return (int((budget_mib - a) // k) if k > 0 else 0), resid
+
+
+def write_memory(rows: list[MemRow], env: dict[str, str], out: Path, budget_gib: float) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    fields = [f.name for f in dataclasses.fields(MemRow)]
+    with open(out / "memory.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(fields)
+        w.writerows([getattr(r, k) for k in fields] for r in rows)
+    budget = budget_gib * 1024
+    lines = [
+        f"Date: {env['date']}  ",
+        f"Hardware: {env['hardware']}  ",
+        f"Versions: {env['versions']}",
+        "",
+        "Training step (forward, backward, SGD-momentum update) peak memory, MiB: parameters, "
+        "statistics, gradients, optimizer state, batch, activations and workspace. flaxcnn: "
+        "XLA's buffer assignment for the compiled step; PyTorch: its allocator's peak "
+        "(on CPU from the profiler's allocation events).",
+        "",
+        "| model | size | precision | batch | torch | flaxcnn | ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.model} | {r.size} | {r.precision} | {r.batch} | {r.torch_mib:.0f} | "
+            f"{r.flax_mib:.0f} | {r.flax_mib / r.torch_mib:.2f}x |"
+        )
+    lines += [
+        "",
+        f"Largest batch for a {budget_gib:g} GiB budget (linear fit through the points above):",
+        "",
+    ]
+    lines += ["| model | torch | flaxcnn | fit residual torch / flax |", "|---|---|---|---|"]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r.model for r in rows))
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for i, model in enumerate(models):
+        rs = [r for r in rows if r.model == model]
+        (bt, et), (bf, ef) = (largest_batch(rs, f, budget) for f in ("torch_mib", "flax_mib"))
+        lines.append(f"| {model} | {bt} | {bf} | {et:.1%} / {ef:.1%} |")
+        for field, label, ls, mk in (
+            ("torch_mib", "PyTorch", "--", "s"),
+            ("flax_mib", "flaxcnn", "-", "o"),
+        ):
+            ax.plot([r.batch for r in rs], [getattr(r, field) / 1024 for r in rs], ls,
+                    marker=mk, color=f"C{i}", label=f"{model} {label}")  # fmt: skip
+    top = max(max(r.torch_mib, r.flax_mib) for r in rows) / 1024
+    if budget_gib <= 2 * top:  # the budget line, where it does not flatten the curves
+        ax.axhline(budget_gib, color="k", lw=1, ls=":", label=f"budget {budget_gib:g} GiB")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("training-step peak memory (GiB)")
+    ax.set_title(f"Memory against batch size, {env['hardware'].split(';')[0]}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "memory.png", dpi=120)
+    plt.close(fig)
+    (out / "memory.md").write_text("\n".join(lines) + "\n")
 
 
 def _alternate(torch_fn, flax_fn, sync, args) -> tuple[float, float]:
@@ -324,6 +478,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--threads", type=int, default=None, help="torch intra-op threads (default: all cores)"
     )
+    p.add_argument(
+        "--memory",
+        action="store_true",
+        help="instead of throughput: training-step memory against batch size",
+    )
+    p.add_argument("--memory-batches", nargs="+", type=int, default=[1, 8, 16, 32, 64])
+    p.add_argument("--memory-budget-gib", type=float, default=16.0)
     p.add_argument("--out", default="benchmarks/results/latest")
     args = p.parse_args(argv)
 
@@ -337,8 +498,14 @@ def main(argv: list[str] | None = None) -> int:
     missing = [m for m in args.models if m not in flaxcnn.list_models()]
     if missing:
         print(f"skipping models not (yet) in the registry: {missing}", file=sys.stderr)
+    names = [m for m in args.models if m not in missing]
+    if args.memory:
+        mem = [r for name in names for r in memory_curve(name, args, device)]
+        write_memory(mem, _environment(device), Path(args.out), args.memory_budget_gib)
+        print(f"wrote {args.out}/memory.csv, memory.md, memory.png")
+        return 0
     rows = []
-    for name in (m for m in args.models if m not in missing):
+    for name in names:
         for r in bench_model(name, args, device):
             print(
                 f"{r.model:20s} {r.task:9s} {r.torch_variant:7s} torch {r.torch_ips:9.1f} img/s  flax {r.flax_ips:9.1f} img/s  ratio {r.ratio:.2f}",

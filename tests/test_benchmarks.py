@@ -40,3 +40,38 @@ def test_benchmark_script_runs(tmp_path):
     md = (out / "results.md").read_text()
     assert "Hardware:" in md and "| resnet18 | train |" in md
     assert (out / "results.png").stat().st_size > 1000
+
+
+def test_memory_mode_runs(tmp_path):
+    """``--memory``: training-step memory of both frameworks against batch size, and the
+    largest batch for a budget from a line through the points (one tiny model, two batches)."""
+    out = tmp_path / "mem"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--models", "resnet18"]
+    cmd += ["--size", "64", "--threads", "1", "--memory", "--memory-batches", "2", "4"]
+    cmd += ["--memory-budget-gib", "1", "--out", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    with open(out / "memory.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["batch"]) for r in rows] == [2, 4]
+    params_mib = 11_689_512 * 4 / 2**20  # weights, gradients and momentum are all held
+    for r in rows:
+        assert float(r["torch_mib"]) > 3 * params_mib and float(r["flax_mib"]) > 3 * params_mib
+    assert float(rows[1]["torch_mib"]) > float(rows[0]["torch_mib"])  # activations grow
+    assert float(rows[1]["flax_mib"]) > float(rows[0]["flax_mib"])
+    md = (out / "memory.md").read_text()
+    assert "| resnet18 | 64 | fp32 | 4 |" in md and "Largest batch for a 1 GiB budget" in md
+    assert (out / "memory.png").stat().st_size > 1000
+
+
+def test_largest_batch_from_a_line():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
+    run = importlib.util.module_from_spec(spec)
+    sys.modules["bench_run"] = run  # dataclasses look their module up there
+    spec.loader.exec_module(run)
+    rows = [run.MemRow("m", b, 224, "fp32", 100 + 10 * b, 50 + 20 * b) for b in (1, 8, 16)]
+    batch, residual = run.largest_batch(rows, "torch_mib", 1000)
+    assert batch == 90 and residual < 1e-9
+    assert run.largest_batch(rows, "flax_mib", 1000)[0] == 47
