@@ -60,6 +60,9 @@ from flaxcnn.train.checkpoint import Checkpointer
 from flaxcnn.train.cli import load_config
 from flaxcnn.train.loop import setup, train
 
+# The non-partitionable threefry generator compiles several times faster on CPU (model
+# initialisation and the augmentations draw random numbers; compiling dominates short runs).
+jax.config.update("jax_threefry_partitionable", False)
 ROOT = tempfile.mkdtemp(prefix="flaxcnn_nb05_")
 DATA_DIR = os.path.join(ROOT, "tfds")  # the digits are prepared here on first use (seconds)
 TEACHER_KWARGS = {"stem_type": "cifar", **({"stage_sizes": (1,)} if SMALL else {})}
