@@ -93,10 +93,12 @@ def read_metrics(cfg):
 # ## The teacher
 #
 # ResNet-18 with the `digits_resnet18` recipe (32x32 inputs, the size LeNet-5 needs too:
-# the teacher sees exactly the student's input). In small mode a LeNet-5 with seed 1.
+# the teacher sees exactly the student's input), trained for 12 epochs instead of the
+# recipe's 4. In small mode a LeNet-5 with seed 1.
 
 # %%
-t_cfg = config(T_CONFIG, "teacher", ["image_size=32", *(["seed=1"] if SMALL else [])])
+# 4 epochs of the recipe reached 78% here: the teacher trains 12, to be the better model.
+t_cfg = config(T_CONFIG, "teacher", ["image_size=32", "seed=1" if SMALL else "num_epochs=12"])
 t_cfg.model_kwargs = T_KWARGS
 teacher_run = train(t_cfg)
 t_ckpt = os.path.join(t_cfg.workdir, "checkpoints")
@@ -115,7 +117,7 @@ teacher = flaxcnn.create_model(T_NAME, num_classes=10, in_chans=1, **T_KWARGS)
 shape = (1, t_cfg.image_size, t_cfg.image_size, 1)
 like = jax.eval_shape(teacher.init, jax.random.key(0), jnp.zeros(shape))
 t_vars = Checkpointer(t_ckpt, async_save=False).restore_variables(
-    {"params": like["params"], "batch_stats": like["batch_stats"]}
+    {"params": like["params"], "batch_stats": like.get("batch_stats", {})}
 )
 batch = next(
     iter(data_lib.eval_batches(s.eval_source, s.info, size=t_cfg.image_size, global_batch_size=120))
