@@ -30,8 +30,8 @@
 #
 # Set `FLAXCNN_NOTEBOOK_SMALL=1` for the quick version CI runs: 2 simulated devices instead
 # of 8, a few steps, a one-block-per-stage ResNet-18 at 16x16, and no MobileNet (even at a
-# third of its depth, 4 steps of it cost about 100 s of CPU time, mostly compiling); the
-# accuracies are then those of a few steps, not of trained models.
+# third of its depth, 4 steps of it cost about 100 s of CPU time here); the accuracies are
+# then those of a few steps, not of trained models.
 
 # %%
 import os
