@@ -311,9 +311,9 @@ assert [r["step"] for r in rows_r] == [r["step"] for r in metrics["LeNet-5"]]
 assert results["LeNet-5"]["params"] == 61_706  # LeNet-5 with 10 classes, as the zoo documents
 assert all(np.isfinite(r["eval_loss"]) for rows in metrics.values() for r in rows)
 if not SMALL:
-    # Measured on 8 simulated CPU devices: LeNet-5 97.5% after its 20 epochs; ResNet-18
-    # 78.3% after the recipe's 4 epochs (its curve still climbing).
+    # Measured on 8 simulated CPU devices: LeNet-5 97.5-98.1% after its 20 epochs; ResNet-18
+    # 65-78% after the recipe's 4 epochs (two runs; its curve still climbing).
     assert results["LeNet-5"]["top1"] > 0.95
-    assert results["ResNet-18"]["top1"] > 0.6
+    assert results["ResNet-18"]["top1"] > 0.5
     assert results["MobileNet v2"]["top1"] > 0.2  # not yet measured: above chance (10%)
 print("all checks passed")
