@@ -188,7 +188,9 @@ for label, rows in metrics.items():
     ax1.plot(ep, [r["train_loss"] for r in rows], "-", color=color, label=f"{label} train")
     ax1.plot(ep, [r["eval_loss"] for r in rows], "o--", color=color, ms=3, label=f"{label} test")
     ax2.plot(ep, [r["top1"] for r in rows], "o-", color=color, ms=3, label=label)
+# Log scale: an early test loss can be huge (BatchNorm's running statistics lag the weights).
 ax1.set(xlabel="epoch", ylabel="cross-entropy", title="loss (train: mean over the interval)")
+ax1.set_yscale("log")
 ax2.set(xlabel="epoch", ylabel="test top-1", title="test accuracy", ylim=(0, 1))
 ax2.axhline(0.1, color="gray", lw=0.8, ls=":")
 ax2.text(ax2.get_xlim()[1], 0.11, "chance ", ha="right", color="gray", fontsize=8)
