@@ -78,9 +78,17 @@ jax.config.update("jax_threefry_partitionable", False)
 
 def conv_t(x, kernel, stride, padding=0):
     """One-channel ConvTranspose2d (no bias) with the given (kh, kw) kernel."""
-    layer = ConvTranspose2d(1, kernel_size=kernel.shape, stride=stride, padding=padding, use_bias=False)
-    params = {"params": {"kernel": jnp.asarray(kernel, jnp.float32)[:, :, None, None]}}
-    return np.asarray(layer.apply(params, jnp.asarray(x, jnp.float32)[None, :, :, None]))[0, :, :, 0]
+    layer = ConvTranspose2d(
+        1, kernel_size=kernel.shape, stride=stride, padding=padding, use_bias=False
+    )
+    params = {"params": {"kernel": np.asarray(kernel, np.float32)[:, :, None, None]}}
+    y = jax.jit(layer.apply)(params, np.asarray(x, np.float32)[None, :, :, None])
+    return np.asarray(y)[0, :, :, 0]
+
+
+def bilinear_x2(x):
+    up = jax.jit(lambda v: interpolate(v, scale_factor=2, mode="bilinear"))
+    return np.asarray(up(np.asarray(x, np.float32)[None, :, :, None]))[0, :, :, 0]
 
 
 H = np.arange(1, 17).reshape(4, 4)
@@ -119,10 +127,7 @@ checker = conv_t(ones, np.ones((3, 3)), stride=2)
 counts = np.array([1, 1, 2, 1, 2, 1, 2, 1, 1])  # copies reaching each output row/column
 even = conv_t(ones, np.ones((4, 4)), stride=2, padding=1)
 unet_up = conv_t(ones, np.ones((2, 2)), stride=2)
-bilinear_ones = np.asarray(interpolate(jnp.ones((1, 4, 4, 1)), scale_factor=2, mode="bilinear"))[0, ..., 0]
-bilinear_impulse = np.asarray(
-    interpolate(jnp.asarray(impulse)[None, ..., None], scale_factor=2, mode="bilinear")
-)[0, ..., 0]
+bilinear_ones, bilinear_impulse = bilinear_x2(ones), bilinear_x2(impulse)
 single = conv_t(impulse, k3, stride=2)
 print("3x3 stride 2 on ones:\n", checker.astype(int))
 print("4x4 stride 2 padding 1 on ones:\n", even.astype(int))
@@ -143,7 +148,7 @@ panels = [
     (unet_up, "transposed 2x2 ones, stride 2\n(U-Net up-conv): no overlap"),
     (bilinear_ones, "bilinear x2: constant"),
 ]
-fig, axes = plt.subplots(2, 4, figsize=(13, 7))
+fig, axes = plt.subplots(2, 4, figsize=(13, 8))
 for ax, (img, title) in zip(axes.flat, panels, strict=True):
     im = ax.imshow(img, cmap="viridis", vmin=0)
     for (i, j), v in np.ndenumerate(img):
@@ -167,27 +172,36 @@ show(fig, "transposed_conv")
 
 # %%
 SIZE = 32
-N_TRAIN, N_TEST = (256, 64) if SMALL else (1000, 200)
+N_TRAIN, N_TEST = (256, 32) if SMALL else (1000, 200)
 DEPTH, WIDTH = (2, 4) if SMALL else (3, 8)
 BATCH = 32
-STEPS = 40 if SMALL else 15 * (N_TRAIN // BATCH)  # full: 15 epochs, as shapes_unet
-EVAL_EVERY = 10 if SMALL else N_TRAIN // BATCH
+STEPS = 30 if SMALL else 15 * (N_TRAIN // BATCH)  # full: 15 epochs, as shapes_unet
+EVAL_EVERY = 15 if SMALL else N_TRAIN // BATCH
 
 x_train, y_train = make_shapes_dataset(N_TRAIN, SIZE, seed=0)
 x_test, y_test = make_shapes_dataset(N_TEST, SIZE, seed=1)
 # The trainer feeds [0, 1] images and normalises on device; the generator's are standardised.
 x_train, x_test = (np.clip(x * 0.3 + 0.5, 0, 1).astype(np.float32) for x in (x_train, x_test))
 y_train, y_test = y_train.astype(np.int32), y_test.astype(np.int32)
-fractions = np.bincount(y_test[y_test != IGNORE_INDEX], minlength=4) / np.sum(y_test != IGNORE_INDEX)
-print(f"train {x_train.shape}, test {x_test.shape}; test pixel classes:",
-      ", ".join(f"{c} {f:.1%}" for c, f in zip(SHAPE_CLASSES, fractions, strict=True)))
+fractions = np.bincount(y_test[y_test != IGNORE_INDEX], minlength=4) / np.sum(
+    y_test != IGNORE_INDEX
+)
+print(
+    f"train {x_train.shape}, test {x_test.shape}; test pixel classes:",
+    ", ".join(f"{c} {f:.1%}" for c, f in zip(SHAPE_CLASSES, fractions, strict=True)),
+)
 
 colours = ListedColormap(["#202020", "tab:red", "tab:green", "tab:blue", "white"])
 
 
 def show_mask(ax, mask):
-    ax.imshow(np.where(mask == IGNORE_INDEX, 4, mask), cmap=colours, vmin=0, vmax=4,
-              interpolation="nearest")
+    ax.imshow(
+        np.where(mask == IGNORE_INDEX, 4, mask),
+        cmap=colours,
+        vmin=0,
+        vmax=4,
+        interpolation="nearest",
+    )
     ax.set_xticks([])
     ax.set_yticks([])
 
@@ -204,7 +218,9 @@ def show_mask(ax, mask):
 # learning rate 1e-2, 20 warm-up steps, cosine.
 
 # %%
-model = flaxcnn.create_model("unet_padded", num_classes=4, in_chans=3, depth=DEPTH, base_width=WIDTH)
+model = flaxcnn.create_model(
+    "unet_padded", num_classes=4, in_chans=3, depth=DEPTH, base_width=WIDTH
+)
 config = shapes_unet.get_config()
 tx = build_optimizer(config.optim, STEPS)
 step_cfg = StepConfig(
@@ -224,8 +240,11 @@ n_params = sum(p.size for p in jax.tree.leaves(state.params))
 def evaluate(state):
     confusion = 0
     for i in range(0, N_TEST, BATCH):
-        batch = {"image": x_test[i : i + BATCH], "label": y_test[i : i + BATCH],
-                 "mask": np.ones(len(x_test[i : i + BATCH]), bool)}
+        batch = {
+            "image": x_test[i : i + BATCH],
+            "label": y_test[i : i + BATCH],
+            "mask": np.ones(len(x_test[i : i + BATCH]), bool),
+        }
         confusion = confusion + to_host(eval_step(state, batch))["confusion"].astype(np.int64)
     miou, per_class = mean_iou(confusion)
     return float(miou), float(pixel_accuracy(confusion)), np.asarray(per_class), confusion
@@ -245,10 +264,14 @@ for step in range(STEPS):
     if (step + 1) % EVAL_EVERY == 0 or step + 1 == STEPS:
         evals.append((step + 1, *evaluate(state)[:2]))
 miou, pix_acc, per_class, confusion = evaluate(state)
-print(f"U-Net depth {DEPTH}, width {WIDTH}: {n_params:,} parameters, {STEPS} steps of {BATCH} "
-      f"in {time.process_time() - t0:.1f} s CPU")
-print(f"test mIoU {miou:.1%}, pixel accuracy {pix_acc:.1%}; per class:",
-      ", ".join(f"{c} {v:.1%}" for c, v in zip(SHAPE_CLASSES, per_class, strict=True)))
+print(
+    f"U-Net depth {DEPTH}, width {WIDTH}: {n_params:,} parameters, {STEPS} steps of {BATCH} "
+    f"in {time.process_time() - t0:.1f} s CPU"
+)
+print(
+    f"test mIoU {miou:.1%}, pixel accuracy {pix_acc:.1%}; per class:",
+    ", ".join(f"{c} {v:.1%}" for c, v in zip(SHAPE_CLASSES, per_class, strict=True)),
+)
 
 fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(14, 3.8))
 a1.plot(np.arange(1, STEPS + 1), losses, lw=1)
@@ -272,8 +295,10 @@ show(fig, "unet_training")
 # argmax.
 
 # %%
-logits = jax.jit(model.apply)({"params": state.params, "batch_stats": state.batch_stats},
-                              (jnp.asarray(x_test[:6]) - 0.5) / 0.5)
+logits = jax.jit(model.apply)(
+    {"params": state.params, "batch_stats": state.batch_stats},
+    (jnp.asarray(x_test[:6]) - 0.5) / 0.5,
+)
 pred = np.asarray(jnp.argmax(logits, -1))
 fig, axes = plt.subplots(3, 6, figsize=(12, 6.4))
 for i in range(6):
@@ -285,9 +310,10 @@ for i in range(6):
 for r, name in enumerate(["image", "ground truth", "prediction"]):
     axes[r, 0].set_ylabel(name)
 handles = [plt.Rectangle((0, 0), 1, 1, color=colours(i)) for i in range(5)]
-fig.legend(handles, [*SHAPE_CLASSES, "ignored"], loc="lower center", ncol=5)
+axes[1, -1].legend(
+    handles, [*SHAPE_CLASSES, "ignored"], loc="upper left", bbox_to_anchor=(1.05, 1), fontsize=9
+)
 fig.suptitle(f"U-Net on the test shapes: mIoU {miou:.1%}, pixel accuracy {pix_acc:.1%}")
-fig.tight_layout(rect=(0, 0.05, 1, 1))
 show(fig, "unet_predictions")
 
 # %% [markdown]
