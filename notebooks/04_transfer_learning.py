@@ -305,10 +305,11 @@ show(fig, "conv1_filters")
 # ## Feature maps of the stages (`features_only`)
 #
 # `features_only=True` turns the same module into a backbone that returns every stage's
-# map (the variables apply unchanged; the head is simply not used). On a digit from the
-# target task (full version) and on a real photo (skimage's cat Chelsea, in grayscale): the strongest
-# channels of each stage. Early stages respond to edges and strokes at full detail, later
-# ones to larger, coarser patterns, until `layer4` is a single position for a digit.
+# map (the variables apply unchanged; the head is simply not used). On a real photo
+# (skimage's cat Chelsea, in grayscale) and, in the full version, on a digit of the target
+# task: the three most active channels of each stage. The first maps still show edges and
+# strokes at fine detail; each later stage is coarser (stride 2, 4, ... 32), until `layer4`
+# is a single position for a digit.
 
 # %%
 backbone = module.clone(features_only=True)

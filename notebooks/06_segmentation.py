@@ -153,7 +153,15 @@ for ax, (img, title) in zip(axes.flat, panels, strict=True):
     im = ax.imshow(img, cmap="viridis", vmin=0)
     for (i, j), v in np.ndenumerate(img):
         if img.shape[0] <= 9:
-            ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=7, color="w")
+            ax.text(
+                j,
+                i,
+                f"{v:.2g}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="w" if v < 0.6 * img.max() else "k",
+            )
     ax.set_title(title, fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -333,5 +341,5 @@ assert int(confusion.sum()) == int(np.sum(y_test != IGNORE_INDEX))  # every labe
 if SMALL:
     assert pix_acc > fractions[0] - 0.05, (pix_acc, fractions)  # about background already
 else:
-    assert miou > 0.6 and pix_acc > 0.93, (miou, pix_acc)  # measured: TODO
+    assert miou > 0.75 and pix_acc > 0.95, (miou, pix_acc)  # measured 86.8%, 98.7%
 print("all checks passed")
