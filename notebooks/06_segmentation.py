@@ -238,7 +238,7 @@ step_cfg = StepConfig(
     task="segmentation",
     augment=tuple(sorted(dict(config.augment).items())),  # hflip
 )
-mesh = make_mesh()
+mesh = make_mesh(jax.devices()[:1])  # one device: data parallelism is not the point here
 state = create_train_state(model, tx, jax.random.key(0), (1, SIZE, SIZE, 3), mesh)
 train_step = make_train_step(model, tx, step_cfg, mesh)
 eval_step = make_eval_step(model, step_cfg, mesh)
