@@ -258,6 +258,15 @@ for a in (a1, a2):
 show(fig, "finetune_vs_scratch")
 
 # %% [markdown]
+# What the full version measured (ResNet-18, 150 steps): frozen backbone with a new head
+# 62%, the pretrained network with every layer trained 92%, from scratch 94%. Features
+# learnt from five digit classes and a few hundred images transfer only partly to five
+# other digits: a linear head on them is far above chance (20%) but well below training
+# the whole network, and on a task this easy, 50 labels and 150 steps are enough to train
+# from scratch too. Linear probing shines when the backbone saw far more varied data
+# (ImageNet) than the target task has; this toy setup shows the mechanics, not that gain.
+
+# %% [markdown]
 # Only the head moved: every backbone parameter and every BatchNorm statistic is bitwise
 # what PyTorch pretraining left.
 
@@ -350,6 +359,10 @@ assert source_acc > 0.6, source_acc  # pretraining worked on the source task
 assert changed and all(c.startswith("['params']['fc']") for c in changed), changed
 assert ft_loss[-5:].mean() < ft_loss[:5].mean()
 assert ft_acc[-1][1] > 0.5, ft_acc  # five classes: chance 0.2; measured 69% small, 62% full
+if not SMALL:  # measured: frozen 62%, all layers 92%, scratch 94%
+    final = {name: acc[-1][1] for name, (_, _, acc) in results.items()}
+    assert final["pretrained, all layers trained"] > 0.85 and final["from scratch"] > 0.85, final
+    assert final["pretrained, frozen backbone"] < final["pretrained, all layers trained"] - 0.1
 assert [i["reduction"] for i in info] == [2, 4, 8, 16, 32]
 assert cat_shapes == [(64, 96), (32, 48), (16, 24), (8, 12), (4, 6)]
 print("all checks passed")
