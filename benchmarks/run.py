@@ -146,6 +146,7 @@ class Pair:
                 x,
                 train=True,
                 mutable=["batch_stats"],
+                rngs={"dropout": jax.random.key(0)},  # VGG, AlexNet: dropout is on, as in torch
             )
             logits = logits.astype(jnp.float32)
             return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new

@@ -228,7 +228,10 @@ kd = curves["distilled (T=4)"]
 assert kd[-1]["train_loss"] < kd[0]["train_loss"]  # the distilled student learns
 assert all(np.isfinite(r["train_loss"]) for rows in curves.values() for r in rows)
 if not SMALL:
-    assert teacher_run["top1"] > 0.95
+    # Full mode has not yet run end to end. Grounded: the digits_lenet recipe measured 97.5-98%
+    # (hard labels); the ResNet-18 recipe 78% after 4 epochs (the teacher trains 12). The
+    # distilled student's bound is the hard-label one, not yet measured.
+    assert teacher_run["top1"] > 0.75
     assert runs["hard labels"]["top1"] > 0.9
     assert runs["distilled (T=4)"]["top1"] > 0.9
 print("all checks passed")
