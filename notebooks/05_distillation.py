@@ -97,7 +97,7 @@ def read_metrics(cfg):
 # recipe's 4. In small mode a LeNet-5 with seed 1.
 
 # %%
-# 4 epochs of the recipe reached 78% here: the teacher trains 12, to be the better model.
+# 4 epochs of the recipe reached 78% here; 12 reach 96.7%.
 t_cfg = config(T_CONFIG, "teacher", ["image_size=32", "seed=1" if SMALL else "num_epochs=12"])
 t_cfg.model_kwargs = T_KWARGS
 teacher_run = train(t_cfg)
@@ -228,10 +228,10 @@ kd = curves["distilled (T=4)"]
 assert kd[-1]["train_loss"] < kd[0]["train_loss"]  # the distilled student learns
 assert all(np.isfinite(r["train_loss"]) for rows in curves.values() for r in rows)
 if not SMALL:
-    # Full mode has not yet run end to end. Grounded: the digits_lenet recipe measured 97.5-98%
-    # (hard labels); the ResNet-18 recipe 78% after 4 epochs (the teacher trains 12). The
-    # distilled student's bound is the hard-label one, not yet measured.
-    assert teacher_run["top1"] > 0.75
-    assert runs["hard labels"]["top1"] > 0.9
-    assert runs["distilled (T=4)"]["top1"] > 0.9
+    # Measured in full mode (2026-12-02, 1,000 s on 2 CPU cores): teacher 96.7%, hard labels
+    # 97.5%, distilled 96.7%. On these ~1,400 easy training digits LeNet-5 alone matches its
+    # ResNet-18 teacher, so distillation transfers the teacher's level, not more.
+    assert teacher_run["top1"] > 0.93
+    assert runs["hard labels"]["top1"] > 0.93
+    assert runs["distilled (T=4)"]["top1"] > 0.93
 print("all checks passed")
