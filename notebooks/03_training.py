@@ -36,14 +36,9 @@
 # %%
 import os
 
-from _common import SMALL, show  # small-mode switch, figures saved as PNG
+from _common import SMALL, classic_threefry, device_flags, show
 
-# Simulated CPU devices: set before JAX starts, unless the environment already chose.
-if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    n = 2 if SMALL else 8
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={n}"
-    ).strip()
+os.environ["XLA_FLAGS"] = device_flags()  # simulated CPU devices, before JAX starts
 
 import json
 import tempfile
@@ -59,9 +54,7 @@ from flaxcnn.train.cli import load_config
 from flaxcnn.train.loop import evaluate_checkpoint, setup, train
 from flaxcnn.train.steps import shard_batch, to_host
 
-# The non-partitionable threefry generator compiles several times faster on CPU (model
-# initialisation and the augmentations draw random numbers; compiling dominates short runs).
-jax.config.update("jax_threefry_partitionable", False)
+classic_threefry()
 ROOT = tempfile.mkdtemp(prefix="flaxcnn_nb03_")
 DATA_DIR = os.path.join(ROOT, "tfds")  # the digits are prepared here on first use (seconds)
 print(jax.devices())

@@ -58,11 +58,9 @@ from flaxcnn.train.steps import (
     to_host,
 )
 
-from _common import SMALL, show  # small-mode switch, figures saved as PNG
+from _common import SMALL, classic_threefry, show
 
-# JAX 0.10's default "partitionable" threefry compiles slowly on CPU (seconds per random
-# op); the classic one is quick. Only which random numbers are drawn changes.
-jax.config.update("jax_threefry_partitionable", False)
+classic_threefry()
 torch.manual_seed(0)
 torch.set_num_threads(1)
 

@@ -21,3 +21,21 @@ def show(fig, name: str) -> None:
         fig.savefig(Path(FIGURES) / f"{name}.png", dpi=110)
     plt.show()
     plt.close(fig)
+
+
+def device_flags() -> str:
+    """``XLA_FLAGS`` with simulated CPU devices, 2 in small mode and 8 in full, unless the
+    environment already chose a count (the tests set 8). Assign before JAX starts."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" in flags:
+        return flags
+    return f"{flags} --xla_force_host_platform_device_count={2 if SMALL else 8}".strip()
+
+
+def classic_threefry() -> None:
+    """JAX 0.10's default "partitionable" threefry compiles slowly on CPU (seconds per random
+    op at XLA's default optimisation); the classic one is quick. Only which random numbers
+    are drawn changes."""
+    import jax
+
+    jax.config.update("jax_threefry_partitionable", False)
