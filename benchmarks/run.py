@@ -115,8 +115,9 @@ class Pair:
         self.opt = torch.optim.SGD(self.tmodel.parameters(), lr=0.01, momentum=0.9)
         self.jdev = jax.devices()[0]
         self.tx = optax.sgd(0.01, momentum=0.9)
-        self.flax_infer = jax.jit(self.module.apply)
-        self.flax_train = jax.jit(self._flax_train, donate_argnums=0)
+        opts = flaxcnn.compiler_options(self.jdev.platform) if args.xla_options else None
+        self.flax_infer = jax.jit(self.module.apply, compiler_options=opts)
+        self.flax_train = jax.jit(self._flax_train, donate_argnums=0, compiler_options=opts)
 
     def inputs(self, n: int):
         """The same batch for both: (torch x, torch y, jax x, jax y)."""
@@ -336,7 +337,8 @@ def write_memory(rows: list[MemRow], env: dict[str, str], out: Path, budget_gib:
     lines = [
         f"Date: {env['date']}  ",
         f"Hardware: {env['hardware']}  ",
-        f"Versions: {env['versions']}",
+        f"Versions: {env['versions']}  ",
+        f"XLA compiler options: {env['xla options']}",
         "",
         "Training step (forward, backward, SGD-momentum update) peak memory, MiB: parameters, "
         "statistics, gradients, optimizer state, batch, activations and workspace. flaxcnn: "
@@ -388,19 +390,27 @@ def write_memory(rows: list[MemRow], env: dict[str, str], out: Path, budget_gib:
 
 
 def _alternate(torch_fn, flax_fn, sync, args) -> tuple[float, float]:
-    """Median seconds per call, the two frameworks alternating after warm-up."""
+    """Median seconds per call, the two frameworks alternating after warm-up.
+
+    Each timed call follows an untimed call of the same framework: the first step after
+    the other framework ran is slower on a shared CPU (caches, allocator, thread pools;
+    measured on 2 cores: flaxcnn's ResNet-50 training step took 11.1-13.4 s right after
+    torch's, 9.3-10.7 s after its own), and that is no framework's own speed."""
     for _ in range(args.warmup):
         torch_fn()
         sync()
         flax_fn()
     tt, ft = [], []
     for _ in range(args.repeats):
+        torch_fn()
+        sync()
         tt += _time(torch_fn, sync, 1)
+        flax_fn()
         ft += _time(flax_fn, lambda: None, 1)
     return statistics.median(tt), statistics.median(ft)
 
 
-def _environment(device) -> dict[str, str]:
+def _environment(device, args) -> dict[str, str]:
     import torch
 
     hw = platform.processor() or platform.machine()
@@ -416,6 +426,11 @@ def _environment(device) -> dict[str, str]:
         "versions": f"jax {jax.__version__}, flax {__import__('flax').__version__}, torch {torch.__version__}, "
         f"python {platform.python_version()}",
         "date": time.strftime("%Y-%m-%d"),
+        "xla options": (
+            str(flaxcnn.compiler_options(jax.devices()[0].platform))
+            if getattr(args, "xla_options", True)
+            else "none (--no-xla-options)"
+        ),
     }
 
 
@@ -430,7 +445,8 @@ def write_outputs(rows: list[Row], env: dict[str, str], out: Path) -> None:
     lines = [
         f"Date: {env['date']}  ",
         f"Hardware: {env['hardware']}  ",
-        f"Versions: {env['versions']}",
+        f"Versions: {env['versions']}  ",
+        f"XLA compiler options: {env['xla options']}",
         "",
         "| model | task | torch | batch | size | precision | torch img/s | flaxcnn img/s | ratio | first step torch / flax (s) |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -486,6 +502,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--memory-batches", nargs="+", type=int, default=[1, 8, 16, 32, 64])
     p.add_argument("--memory-budget-gib", type=float, default=16.0)
+    p.add_argument(
+        "--no-xla-options",
+        dest="xla_options",
+        action="store_false",
+        help="compile without flaxcnn.compiler_options() (the figures before they existed)",
+    )
     p.add_argument("--out", default="benchmarks/results/latest")
     args = p.parse_args(argv)
 
@@ -502,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [m for m in args.models if m not in missing]
     if args.memory:
         mem = [r for name in names for r in memory_curve(name, args, device)]
-        write_memory(mem, _environment(device), Path(args.out), args.memory_budget_gib)
+        write_memory(mem, _environment(device, args), Path(args.out), args.memory_budget_gib)
         print(f"wrote {args.out}/memory.csv, memory.md, memory.png")
         return 0
     rows = []
@@ -513,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             rows.append(r)
-    write_outputs(rows, _environment(device), Path(args.out))
+    write_outputs(rows, _environment(device, args), Path(args.out))
     print(f"wrote {args.out}/results.csv, results.md, results.png")
     return 0
 

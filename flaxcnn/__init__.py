@@ -18,12 +18,14 @@ from ._registry import (
     register_model,
 )
 from .pretrained import get_pretrained_cfg, list_pretrained
+from .xla import compiler_options
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ModelSpec",
     "__version__",
+    "compiler_options",
     "create_model",
     "find_by_source",
     "get_model_spec",

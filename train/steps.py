@@ -54,6 +54,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from flaxcnn.segmentation import IGNORE_INDEX, confusion_matrix, cross_entropy
+from flaxcnn.xla import compiler_options
 
 from .augment import augment_batch, cutmix, mixup
 from .optim import _in_head
@@ -140,6 +141,11 @@ def make_mesh(devices: list | None = None) -> Mesh:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
+
+
+def _compiler_options(mesh: Mesh) -> dict[str, str] | None:
+    """flaxcnn's XLA options for the mesh's platform (fast convolutions on CPU)."""
+    return compiler_options(mesh.devices.flat[0].platform)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -434,6 +440,7 @@ def make_train_step(
         in_shardings=(rep, batch_sharding(mesh), rep),
         out_shardings=(rep, rep),
         donate_argnums=(0,),
+        compiler_options=_compiler_options(mesh),
     )
 
 
@@ -476,4 +483,9 @@ def make_eval_step(
         }
 
     rep = replicated(mesh)
-    return jax.jit(step, in_shardings=(rep, batch_sharding(mesh)), out_shardings=rep)
+    return jax.jit(
+        step,
+        in_shardings=(rep, batch_sharding(mesh)),
+        out_shardings=rep,
+        compiler_options=_compiler_options(mesh),
+    )

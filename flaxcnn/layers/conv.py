@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ..xla import materialize
 from .padding import Padding, conv_padding, pair
 from .params import shaped_param
 
@@ -67,6 +68,9 @@ class Conv2d(nn.Module):
             self.param_dtype,
         )
         dtype = self.dtype or jnp.result_type(x.dtype, self.param_dtype)
+        # Kept in memory for the weight gradient, not re-computed from its producers
+        # (a no-op unless compiled with flaxcnn.compiler_options(); see flaxcnn.xla).
+        x = materialize(x)
         y = lax.conv_general_dilated(
             x.astype(dtype),
             kernel.astype(dtype),

@@ -37,6 +37,7 @@ def close(got, ref, rtol=1e-5):
         (3, 2, 1, 1, 1, (9, 14)),
         (7, 2, 3, 1, 1, (97, 131)),
         (1, 2, 0, 1, 1, (7, 9)),
+        (1, 3, 0, 1, 2, (10, 8)),  # strided 1x1, grouped
         (3, 1, 2, 2, 1, (11, 10)),
         (3, 1, 4, 4, 1, (17, 19)),
         (3, 2, 1, 1, 4, (9, 9)),
@@ -57,6 +58,27 @@ def test_conv2d(k, s, p, d, g, hw):
     close(conv.apply({"params": params}, jnp.asarray(x)), ref)
 
 
+@pytest.mark.parametrize(("k", "s", "hw"), [(1, 2, (7, 9)), (1, 2, (8, 8)), (3, 2, (9, 8))])
+def test_conv2d_gradients(k, s, hw):
+    """Input and weight gradients equal torch's, strided and not."""
+    tconv = torch.nn.Conv2d(8, 16, k, s, k // 2, bias=True)
+    x = RNG.standard_normal((2, *hw, 8), dtype=np.float32)
+    xt = nchw(x).requires_grad_(True)
+    out = tconv(xt)
+    g = RNG.standard_normal(tuple(nhwc(out).shape), dtype=np.float32)
+    out.backward(nchw(g))
+    params = {
+        "kernel": jnp.asarray(tconv.weight.detach().numpy().transpose(2, 3, 1, 0)),
+        "bias": jnp.asarray(tconv.bias.detach().numpy()),
+    }
+    conv = layers.Conv2d(16, k, s, k // 2)
+    _, vjp = jax.vjp(lambda p, v: conv.apply({"params": p}, v), params, jnp.asarray(x))
+    dp, dx = vjp(jnp.asarray(g))
+    close(dx, nhwc(xt.grad))
+    close(dp["kernel"], tconv.weight.grad.numpy().transpose(2, 3, 1, 0))
+    close(dp["bias"], tconv.bias.grad.numpy())
+
+
 def _tf_same_reference(x, weight, stride):
     """TF 'SAME': total pad max((ceil(i/s)-1)*s + k - i, 0), the odd pixel at the end."""
     pads = []
@@ -68,7 +90,8 @@ def _tf_same_reference(x, weight, stride):
 
 
 @pytest.mark.parametrize(
-    ("k", "s", "hw"), [(3, 2, (9, 14)), (5, 2, (97, 131)), (3, 1, (7, 7)), (2, 2, (5, 6))]
+    ("k", "s", "hw"),
+    [(3, 2, (9, 14)), (5, 2, (97, 131)), (3, 1, (7, 7)), (2, 2, (5, 6)), (1, 2, (7, 10))],
 )
 def test_conv2d_tf_same(k, s, hw):
     w = torch.randn(4, 3, k, k)

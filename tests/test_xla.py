@@ -1,0 +1,79 @@
+"""flaxcnn.xla: the CPU compiler options take effect and change no result."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import flaxcnn
+from flaxcnn.xla import CPU_COMPILER_OPTIONS, compiler_options, materialize
+
+
+def test_options_are_for_cpu_only_and_this_jaxlib_accepts_them():
+    assert compiler_options("gpu") is None
+    assert compiler_options("tpu") is None
+    # The pinned jaxlib knows them (a renamed option would silently cost the speed-up).
+    assert compiler_options("cpu") == CPU_COMPILER_OPTIONS
+    assert flaxcnn.compiler_options() == CPU_COMPILER_OPTIONS  # the tests run on CPU
+
+
+def test_materialize_is_the_identity_with_the_identity_gradient():
+    x = jnp.arange(12.0).reshape(3, 4)
+    assert np.array_equal(materialize(x), x)
+    g = jax.grad(lambda v: jnp.sum(jnp.sin(materialize(v)) * v))(x)
+    want = jax.grad(lambda v: jnp.sum(jnp.sin(v) * v))(x)
+    np.testing.assert_array_equal(g, want)
+
+
+@pytest.fixture(scope="module")
+def resnet_grad():
+    """A small ResNet's loss, gradients and new BN statistics in one function."""
+    model = flaxcnn.create_model("resnet18", num_classes=10)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 40, 36, 3), np.float32))
+    y = jnp.arange(4)
+    variables = model.init(jax.random.key(0), x)
+
+    def fn(params, batch_stats):
+        def loss(p):
+            logits, new = model.apply(
+                {"params": p, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
+            )
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new
+
+        (value, new), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        return value, grads, new
+
+    return fn, (variables["params"], variables["batch_stats"])
+
+
+def test_options_take_effect(resnet_grad):
+    fn, args = resnet_grad
+    plain = jax.jit(fn).lower(*args).compile().as_text()
+    tuned = jax.jit(fn, compiler_options=compiler_options("cpu")).lower(*args).compile().as_text()
+    # Without the options XLA strips the barriers; with them they survive fusion...
+    assert "opt-barrier" not in plain
+    assert tuned.count(" opt-barrier(") >= 20  # one per conv input
+    # ...and convolutions are XLA's own (Eigen), none inside a YNNPACK fusion.
+    assert " convolution(" in tuned
+    assert _ynn_fused_ops(plain) & {"convolution"}  # the default this undoes
+    assert not _ynn_fused_ops(tuned) & {"convolution"}
+
+
+def _ynn_fused_ops(hlo: str) -> set[str]:
+    """The HLO opcodes inside the YNNPACK fusions of a compiled module's text."""
+    bodies = dict(re.findall(r"(?ms)^(%\S+) \(.*?\n(.*?)^}", hlo))
+    called = re.findall(r"calls=(%[\w.-]+).*__ynn_fusion", hlo)
+    return {op for c in called for op in re.findall(r"= \S+ ([a-z-]+)\(", bodies[c])}
+
+
+def test_options_change_no_result(resnet_grad):
+    """Kernels and fusion differ; values agree to float32 rounding (measured 4e-6)."""
+    fn, args = resnet_grad
+    want = jax.jit(fn)(*args)
+    got = jax.jit(fn, compiler_options=compiler_options("cpu"))(*args)
+    for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+        w, g = np.asarray(w), np.asarray(g)
+        np.testing.assert_allclose(g, w, rtol=0, atol=1e-4 * max(1.0, float(np.abs(w).max())))
