@@ -176,7 +176,7 @@ def create_train_state(
     loss_scale: float | None = None,
     variables: Mapping[str, Any] | None = None,
 ) -> TrainState:
-    """Initialise (or take ``variables``) and place the state replicated on ``mesh``.
+    """Initialise (or take a copy of ``variables``) and place the state replicated on ``mesh``.
 
     ``loss_scale``: the initial dynamic loss scale (float16 training), or ``None`` for none.
     The model's init is compiled once per (model, shape, mesh) and reused; the optimizer
@@ -185,7 +185,11 @@ def create_train_state(
     rep = replicated(mesh)
     if variables is None:
         variables = _init_fn(model, tuple(input_shape), mesh)(rng)
-    v = jax.device_put(dict(variables), rep)
+        v = jax.device_put(dict(variables), rep)
+    else:
+        # A copy: the train step donates its state, which must not delete the caller's
+        # arrays (on one device, device_put would otherwise hand back the same buffers).
+        v = jax.device_put(dict(variables), rep, may_alias=False)
     params = v["params"]
     state = TrainState(
         step=jnp.zeros((), jnp.int32),

@@ -43,6 +43,23 @@ def _run(n_devices, bn_groups, batch, *, model=None, n_steps=2):
     return state, steps.to_host(m), step, mesh
 
 
+def test_given_variables_survive_the_donating_step():
+    """create_train_state copies caller-owned variables: training must not delete them."""
+    model = _model()
+    variables = model.init(jax.random.key(0), jnp.zeros((1, *SHAPE[1:])))
+    before = jax.tree.map(np.array, variables)
+    mesh = steps.make_mesh(jax.devices()[:1])
+    tx = optax.sgd(0.1)
+    state = steps.create_train_state(model, tx, jax.random.key(0), SHAPE, mesh, variables=variables)
+    step = steps.make_train_step(model, tx, steps.StepConfig(num_classes=10), mesh)
+    state, _ = step(state, steps.shard_batch(_batch(), mesh), jax.random.key(1))
+    for leaf, want in zip(jax.tree.leaves(variables), jax.tree.leaves(before), strict=True):
+        assert not leaf.is_deleted()
+        np.testing.assert_array_equal(leaf, want)
+    moved = jax.tree.map(lambda a, b: not np.array_equal(a, b), state.params, before["params"])
+    assert any(jax.tree.leaves(moved))  # the state did train
+
+
 def _max_rel(a, b):
     def rel(x, y):
         return float(np.max(np.abs(x - y)) / max(np.max(np.abs(y)), 1e-12))
