@@ -428,7 +428,7 @@ def _environment(device, args) -> dict[str, str]:
         "date": time.strftime("%Y-%m-%d"),
         "xla options": (
             str(flaxcnn.compiler_options(jax.devices()[0].platform))
-            if getattr(args, "xla_options", True)
+            if args.xla_options
             else "none (--no-xla-options)"
         ),
     }

@@ -15,15 +15,17 @@ What the options do, and why (ResNet-50, batch 32, 224x224, float32, training st
 * XLA:CPU hands convolutions to YNNPACK by default. YNNPACK runs the weight gradient of a
   convolution as a convolution whose window is the whole feature map, 5-13x slower than
   PyTorch's oneDNN (a 1x1 conv at 56x56: 285 ms against 30 ms). XLA's own Eigen
-  convolutions compute weight gradients 3-6x faster than that, and forwards about 2x. The options keep YNNPACK for the matmuls and the
-  reductions (where it is fast: BatchNorm's statistics) and give convolutions to Eigen.
+  convolutions compute weight gradients 3-6x faster than that, and forwards about 2x.
+  The options keep YNNPACK for the matmuls and the reductions (where it is fast:
+  BatchNorm's statistics) and give convolutions to Eigen.
 * XLA fuses cheap elementwise producers into every consumer. In a ResNet's backward pass
   it re-computed the whole residual chain (several BatchNorms, adds and ReLUs, reading
   four full-size maps) inside each transposing copy that feeds a weight gradient: 5-7 s of
-  thread time per step (two threads, 11-20 s wall). :func:`materialize` puts an optimisation barrier on every convolution's
-  input, so the backward pass reads the map the forward pass already wrote. XLA:CPU
-  strips barriers before fusion unless its ``cse_barrier_expander`` pass is disabled,
-  which these options do; without them the barrier costs nothing and does nothing.
+  thread time per step (two threads, 11-20 s wall). :func:`materialize` puts an
+  optimisation barrier on every convolution's input, so the backward pass reads the map
+  the forward pass already wrote. XLA:CPU strips barriers before fusion unless its
+  ``cse_barrier_expander`` pass is disabled, which these options do; without them the
+  barrier costs nothing and does nothing.
 """
 
 from __future__ import annotations
