@@ -8,6 +8,7 @@ converted model that pools differently loses accuracy silently.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -55,11 +56,24 @@ def max_pool2d(
     dilation: int | Sequence[int] = 1,
     ceil_mode: bool = False,
 ) -> jax.Array:
-    """``torch.nn.functional.max_pool2d`` on NHWC (padding counts as -inf)."""
+    """``torch.nn.functional.max_pool2d`` on NHWC (padding counts as -inf).
+
+    The gradient goes to one element per window, torch's: the first maximum in row-major
+    window order (a NaN wins over any number), never a padding position. On CPU it is
+    computed by :func:`_max_pool_jvp` (the window's taps as strided slices and one
+    ``select_n``), which XLA:CPU runs 4-8x faster than JAX's generic
+    ``select_and_scatter_add`` rule; elsewhere JAX's own rule is used.
+    """
     k = pair(kernel_size)
     s = pair(stride if stride is not None else kernel_size)
     d = pair(dilation)
-    pads = _window_padding(x.shape[1:3], k, s, pair(padding), d, ceil_mode)
+    pads = tuple(_window_padding(x.shape[1:3], k, s, pair(padding), d, ceil_mode))
+    if jnp.issubdtype(x.dtype, jnp.floating) and jax.default_backend() == "cpu":
+        return _max_pool_taps(x, k, s, d, pads)
+    return _reduce_window_max(x, k, s, d, pads)
+
+
+def _reduce_window_max(x, k, s, d, pads):
     init = -jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
     # Init values are NumPy scalars: JAX differentiates reduce_window only for a concrete identity.
     return lax.reduce_window(
@@ -71,6 +85,59 @@ def max_pool2d(
         [(0, 0), *pads, (0, 0)],
         window_dilation=(1, *d, 1),
     )
+
+
+def _window_taps(xp: jax.Array, k, s, d, out_hw) -> list[jax.Array]:
+    """The ``kh * kw`` strided slices of the padded ``xp``: tap ``(i, j)`` of every window."""
+    n, c = xp.shape[0], xp.shape[3]
+    (oh, ow), (sh, sw), (dh, dw) = out_hw, s, d
+    return [
+        lax.slice(
+            xp,
+            (0, i * dh, j * dw, 0),
+            (n, i * dh + (oh - 1) * sh + 1, j * dw + (ow - 1) * sw + 1, c),
+            (1, sh, sw, 1),
+        )
+        for i in range(k[0])
+        for j in range(k[1])
+    ]
+
+
+def _in_bounds(size: int, lo: int, k: int, s: int, d: int, out: int) -> np.ndarray:
+    """``(k, out)``: whether tap ``i`` of window ``o`` reads the input, not the padding."""
+    pos = np.arange(out)[None, :] * s + np.arange(k)[:, None] * d - lo
+    return (pos >= 0) & (pos < size)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3, 4))
+def _max_pool_taps(x, k, s, d, pads):
+    return _reduce_window_max(x, k, s, d, pads)
+
+
+@_max_pool_taps.defjvp
+def _max_pool_jvp(k, s, d, pads, primals, tangents):
+    """Tangent = the tangent at each window's first maximum (torch's argmax).
+
+    ``which`` (int32, one per output) is all the backward pass keeps, where JAX's generic
+    rule keeps four int32 index maps; its transpose is a sum of strided pads.
+    """
+    (x,), (dx,) = primals, tangents
+    y = _max_pool_taps(x, k, s, d, pads)
+    out_hw = y.shape[1:3]
+    full = [(0, 0), *pads, (0, 0)]
+    taps = _window_taps(jnp.pad(x, full, constant_values=-jnp.inf), k, s, d, out_hw)
+    rows, cols = (
+        _in_bounds(x.shape[1 + a], pads[a][0], k[a], s[a], d[a], out_hw[a]) for a in (0, 1)
+    )
+    which = jnp.full(y.shape, len(taps) - 1, jnp.int32)
+    for t in reversed(range(len(taps) - 1)):
+        hit = (taps[t] == y) | jnp.isnan(taps[t])
+        inside = np.outer(rows[t // k[1]], cols[t % k[1]])
+        if not inside.all():  # only windows at a padded edge can pick a padding position
+            hit = hit & inside[None, :, :, None]
+        which = jnp.where(hit, t, which)
+    dtaps = _window_taps(jnp.pad(dx, full), k, s, d, out_hw)
+    return y, lax.select_n(which, *dtaps)
 
 
 def avg_pool2d(

@@ -337,3 +337,35 @@ def test_pool_gradients_match_torch(k, s, p, ceil, hw):
         w = jnp.asarray(nhwc(weights))
         got = jax.jit(jax.grad(lambda a, w=w, f=jfn: jnp.sum(f(a) * w)))(jnp.asarray(x))
         close(got, nhwc(xt.grad))
+
+
+def _tied(x: np.ndarray, kind: str) -> np.ndarray:
+    """Inputs whose pooling windows hold equal maxima, as after a ReLU."""
+    if kind == "relu":
+        return np.maximum(x, 0)
+    x = np.round(x)
+    if kind == "neg_inf":
+        x[x < 1] = -np.inf  # windows of -inf only, some at a padded edge
+    return x
+
+
+@pytest.mark.parametrize(("k", "s", "p", "ceil", "hw"), POOL_CASES)
+@pytest.mark.parametrize("kind", ["relu", "coarse", "neg_inf"])
+def test_max_pool_gradient_ties_match_torch(k, s, p, ceil, hw, kind):
+    """Ties go to torch's argmax (the window's first maximum), never to padding; forward
+    mode works and agrees with reverse mode."""
+    x = _tied(RNG.standard_normal((2, *hw, 4), dtype=np.float32), kind)
+    xt = nchw(x).requires_grad_(True)
+    out = F.max_pool2d(xt, k, s, p, ceil_mode=ceil)
+    weights = torch.from_numpy(RNG.standard_normal(out.shape, dtype=np.float32))
+    (out * weights).sum().backward()
+    w = jnp.asarray(nhwc(weights))
+
+    def pool(a):
+        return layers.max_pool2d(a, k, s, p, ceil_mode=ceil)
+
+    got = jax.jit(jax.grad(lambda a: jnp.sum(pool(a) * w)))(jnp.asarray(x))
+    np.testing.assert_array_equal(np.asarray(got), nhwc(xt.grad))
+    v = jnp.asarray(RNG.standard_normal(x.shape, dtype=np.float32))
+    _, jv = jax.jvp(pool, (jnp.asarray(x),), (v,))  # <J v, w> == <v, J^T w>
+    np.testing.assert_allclose(float(jnp.sum(jv * w)), float(jnp.sum(v * got)), rtol=1e-5)
