@@ -26,6 +26,11 @@ What the options do, and why (ResNet-50, batch 32, 224x224, float32, training st
   the forward pass already wrote. XLA:CPU strips barriers before fusion unless its
   ``cse_barrier_expander`` pass is disabled, which these options do; without them the
   barrier costs nothing and does nothing.
+* XLA:CPU's default scheduler orders a step for concurrency. Its memory-optimised
+  scheduler (``xla_cpu_scheduler_type``) keeps fewer activations alive at once: the
+  training step of EfficientNet-B0 then needs half the memory (batch 8: 872 MiB against
+  1882) and runs 1.3x faster, MobileNetV3-Large 1.28x; ResNet-50 needs 8% less and runs
+  at the same speed, training and inference.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ CPU_COMPILER_OPTIONS: dict[str, str] = {
         "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
     ),
     "xla_disable_hlo_passes": "cse_barrier_expander",
+    "xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED",
 }
 
 

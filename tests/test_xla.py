@@ -62,6 +62,19 @@ def test_options_take_effect(resnet_grad):
     assert not _ynn_fused_ops(tuned) & {"convolution"}
 
 
+def test_memory_optimised_schedule_keeps_less_alive(resnet_grad):
+    """The scheduler option halves what the step holds at its peak (measured: 31 -> 12 MiB
+    here; EfficientNet-B0 at 224, batch 8: 1882 -> 872 MiB)."""
+    fn, args = resnet_grad
+    default = {k: v for k, v in CPU_COMPILER_OPTIONS.items() if k != "xla_cpu_scheduler_type"}
+
+    def temp_mib(options):
+        compiled = jax.jit(fn, compiler_options=options).lower(*args).compile()
+        return compiled.memory_analysis().temp_size_in_bytes / 2**20
+
+    assert temp_mib(CPU_COMPILER_OPTIONS) < 0.6 * temp_mib(default)
+
+
 def _ynn_fused_ops(hlo: str) -> set[str]:
     """The HLO opcodes inside the YNNPACK fusions of a compiled module's text."""
     bodies = dict(re.findall(r"(?ms)^(%\S+) \(.*?\n(.*?)^}", hlo))
