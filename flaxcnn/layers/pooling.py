@@ -59,7 +59,7 @@ def max_pool2d(
     """``torch.nn.functional.max_pool2d`` on NHWC (padding counts as -inf).
 
     The gradient goes to one element per window, torch's: the first maximum in row-major
-    window order (a NaN wins over any number), never a padding position. On CPU it is
+    window order, never a padding position, or the last NaN if the window holds one. On CPU it is
     computed by :func:`_max_pool_jvp` (the window's taps as strided slices and one
     ``select_n``), which XLA:CPU runs 4-8x faster than JAX's generic
     ``select_and_scatter_add`` rule; elsewhere JAX's own rule is used.
@@ -129,13 +129,16 @@ def _max_pool_jvp(k, s, d, pads, primals, tangents):
     rows, cols = (
         _in_bounds(x.shape[1 + a], pads[a][0], k[a], s[a], d[a], out_hw[a]) for a in (0, 1)
     )
-    which = jnp.full(y.shape, len(taps) - 1, jnp.int32)
-    for t in reversed(range(len(taps) - 1)):
-        hit = (taps[t] == y) | jnp.isnan(taps[t])
+    # torch's argmax: the first maximum (`val > max`), or the last NaN (`|| isnan(val)`).
+    which = jnp.zeros(y.shape, jnp.int32)
+    found = jnp.zeros(y.shape, bool)
+    for t, tap in enumerate(taps):
+        hit = tap == y
         inside = np.outer(rows[t // k[1]], cols[t % k[1]])
         if not inside.all():  # only windows at a padded edge can pick a padding position
             hit = hit & inside[None, :, :, None]
-        which = jnp.where(hit, t, which)
+        which = jnp.where(jnp.isnan(tap) | (hit & ~found), t, which)
+        found = found | hit
     dtaps = _window_taps(jnp.pad(dx, full), k, s, d, out_hw)
     return y, lax.select_n(which, *dtaps)
 
