@@ -54,9 +54,12 @@ def test_memory_mode_runs(tmp_path):
     with open(out / "memory.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["batch"]) for r in rows] == [2, 4]
-    params_mib = 11_689_512 * 4 / 2**20  # weights, gradients and momentum are all held
+    params_mib = 11_689_512 * 4 / 2**20
     for r in rows:
-        assert float(r["torch_mib"]) > 3 * params_mib and float(r["flax_mib"]) > 3 * params_mib
+        # torch holds weights, gradients and momentum. XLA's step holds weights and momentum
+        # throughout; with the memory-optimised schedule each layer's update can run as soon
+        # as its gradient exists, so not every gradient is alive at once.
+        assert float(r["torch_mib"]) > 3 * params_mib and float(r["flax_mib"]) > 2 * params_mib
     assert float(rows[1]["torch_mib"]) > float(rows[0]["torch_mib"])  # activations grow
     assert float(rows[1]["flax_mib"]) > float(rows[0]["flax_mib"])
     md = (out / "memory.md").read_text()
