@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ..xla import materialize
-from .padding import Padding, conv_padding, pair
+from .padding import Padding, conv_padding, pair, window_taps
 from .params import shaped_param
 
 __all__ = [
@@ -119,21 +119,12 @@ def depthwise_conv2d_shift(
     (pt, pb), (pl, pr) = padding
     xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
     sh, sw = stride
-    oh = (xp.shape[1] - kh) // sh + 1
-    ow = (xp.shape[2] - kw) // sw + 1
+    out_hw = ((xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1)
+    taps = window_taps(xp, (kh, kw), stride, (1, 1), out_hw)
     out = None
-    for i in range(kh):
-        for j in range(kw):
-            tap = (
-                lax.slice(
-                    xp,
-                    (0, i, j, 0),
-                    (xp.shape[0], i + (oh - 1) * sh + 1, j + (ow - 1) * sw + 1, xp.shape[3]),
-                    (1, sh, sw, 1),
-                )
-                * kernel[i, j, 0]
-            )
-            out = tap if out is None else out + tap
+    for t, tap in enumerate(taps):
+        tap = tap * kernel[t // kw, t % kw, 0]
+        out = tap if out is None else out + tap
     return out
 
 

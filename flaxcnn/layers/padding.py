@@ -1,4 +1,4 @@
-"""Padding arithmetic shared by convolutions and pools.
+"""Padding arithmetic, and window taps, shared by convolutions and pools.
 
 PyTorch pads symmetrically by a fixed amount; TensorFlow's ``'SAME'`` pads
 asymmetrically (the extra pixel goes bottom/right) by an amount that depends on
@@ -12,9 +12,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import jax
+from jax import lax
+
 Padding = int | tuple[int, int] | str
 
-__all__ = ["Padding", "conv_padding", "pair", "pool_output_size"]
+__all__ = ["Padding", "conv_padding", "pair", "pool_output_size", "window_taps"]
 
 
 def pair(v: int | Sequence[int]) -> tuple[int, int]:
@@ -61,3 +64,26 @@ def pool_output_size(
     if ceil_mode and (out - 1) * stride >= size + padding:
         out -= 1
     return out
+
+
+def window_taps(
+    xp: jax.Array,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+    out_hw: tuple[int, int],
+) -> list[jax.Array]:
+    """Tap ``(i, j)`` of every window of the padded NHWC ``xp``, as ``kh * kw`` strided
+    slices of shape ``(N, out_h, out_w, C)`` in row-major window order."""
+    n, c = xp.shape[0], xp.shape[3]
+    (oh, ow), (sh, sw), (dh, dw) = out_hw, stride, dilation
+    return [
+        lax.slice(
+            xp,
+            (0, i * dh, j * dw, 0),
+            (n, i * dh + (oh - 1) * sh + 1, j * dw + (ow - 1) * sw + 1, c),
+            (1, sh, sw, 1),
+        )
+        for i in range(kernel[0])
+        for j in range(kernel[1])
+    ]
