@@ -32,11 +32,18 @@ class Conv2d(nn.Module):
     (HWIO, the transpose of torch's OIHW) and ``bias``. Padding is explicit and
     symmetric as in torch, or ``'same'`` for TensorFlow-ported weights.
 
+    A depthwise conv (``groups == in_channels == out_channels``, no dilation), such as
+    ConvNeXt's 7x7 or Xception's separable convs, runs as
+    :func:`depthwise_conv2d_shift` on CPU (``depthwise_impl='auto'``): the same result up
+    to float32 summation order, without XLA:CPU's slow grouped convolutions.
+
     Attributes:
         features: output channels (torch ``out_channels``).
         kernel_size: ``k`` or ``(kh, kw)``.
         stride, padding, dilation, groups: as in torch.
         use_bias: torch ``bias``.
+        depthwise_impl: how a depthwise conv runs: ``'shift'``, ``'conv'`` or ``'auto'``
+            (see :class:`DepthwiseConv2d`); other convs ignore it.
     """
 
     features: int
@@ -50,6 +57,7 @@ class Conv2d(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
     kernel_init: nn.initializers.Initializer = kaiming_normal_fan_out
     bias_init: nn.initializers.Initializer = nn.initializers.zeros
+    depthwise_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -71,14 +79,14 @@ class Conv2d(nn.Module):
         # Kept in memory for the weight gradient, not re-computed from its producers
         # (a no-op unless compiled with flaxcnn.compiler_options(); see flaxcnn.xla).
         x = materialize(x)
-        y = lax.conv_general_dilated(
+        y = _conv(
             x.astype(dtype),
             kernel.astype(dtype),
-            window_strides=pair(self.stride),
-            padding=conv_padding(self.padding),
-            rhs_dilation=pair(self.dilation),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            feature_group_count=self.groups,
+            pair(self.stride),
+            self.padding,
+            pair(self.dilation),
+            self.groups,
+            self.depthwise_impl,
         )
         if self.use_bias:
             bias = shaped_param(self, "bias", self.bias_init, (self.features,), self.param_dtype)
@@ -102,6 +110,41 @@ def _explicit_padding(
         return tuple(out)
     ph, pw = pair(padding)
     return ((ph, ph), (pw, pw))
+
+
+def _resolve_depthwise_impl(impl: str) -> str:
+    if impl not in ("auto", "shift", "conv"):
+        raise ValueError(f"depthwise impl must be 'auto', 'shift' or 'conv', got {impl!r}")
+    if impl != "auto":
+        return impl
+    return "shift" if jax.default_backend() == "cpu" else "conv"
+
+
+def _conv(
+    x: jax.Array,
+    kernel: jax.Array,
+    stride: tuple[int, int],
+    padding: Padding,
+    dilation: tuple[int, int],
+    groups: int,
+    depthwise_impl: str,
+) -> jax.Array:
+    """An NHWC x HWIO convolution; a depthwise one as shifted slices where ``depthwise_impl``
+    says so (resolved here, so a bad value fails for every conv, not only depthwise ones)."""
+    impl = _resolve_depthwise_impl(depthwise_impl)
+    in_ch, out_ch = x.shape[-1], kernel.shape[-1]
+    if impl == "shift" and groups == in_ch == out_ch and dilation == (1, 1):
+        pad = _explicit_padding(padding, x.shape[1:3], kernel.shape[:2], stride)
+        return depthwise_conv2d_shift(x, kernel, stride, pad)
+    return lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=stride,
+        padding=conv_padding(padding),
+        rhs_dilation=dilation,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=groups,
+    )
 
 
 @partial(jax.jit, static_argnames=("stride", "padding"))
@@ -150,30 +193,19 @@ class DepthwiseConv2d(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        if self.impl not in ("auto", "shift", "conv"):
-            raise ValueError(f"impl must be 'auto', 'shift' or 'conv', got {self.impl!r}")
         c = x.shape[-1]
-        k, s = pair(self.kernel_size), pair(self.stride)
+        k = pair(self.kernel_size)
         kernel = shaped_param(self, "kernel", self.kernel_init, (*k, 1, c), self.param_dtype)
         dtype = self.dtype or jnp.result_type(x.dtype, self.param_dtype)
-        x, kernel = x.astype(dtype), kernel.astype(dtype)
-        impl = (
-            self.impl
-            if self.impl != "auto"
-            else ("shift" if jax.default_backend() == "cpu" else "conv")
+        y = _conv(
+            x.astype(dtype),
+            kernel.astype(dtype),
+            pair(self.stride),
+            self.padding,
+            (1, 1),
+            c,
+            self.impl,
         )
-        if impl == "shift":
-            pad = _explicit_padding(self.padding, x.shape[1:3], k, s)
-            y = depthwise_conv2d_shift(x, kernel, s, pad)
-        else:
-            y = lax.conv_general_dilated(
-                x,
-                kernel,
-                window_strides=s,
-                padding=conv_padding(self.padding),
-                dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                feature_group_count=c,
-            )
         if self.use_bias:
             y = y + shaped_param(self, "bias", self.bias_init, (c,), self.param_dtype).astype(dtype)
         return y

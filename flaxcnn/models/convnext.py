@@ -138,6 +138,8 @@ class ConvNeXt(FeatureMixin, nn.Module):
         drop_path_rate: stochastic depth, linear over blocks up to this rate
             (torchvision trains T/S/B/L with 0.1/0.4/0.5/0.5; timm defaults to 0).
         ln_eps: LayerNorm epsilon (1e-6 in both torch libraries, not torch's 1e-5 default).
+        depthwise_impl: how the 7x7 depthwise convs run (:class:`~flaxcnn.layers.Conv2d`):
+            ``'auto'`` shifted slices on CPU, where XLA's grouped conv is slow, else ``lax``.
         dtype, param_dtype: computation and parameter dtypes.
     """
 
@@ -152,6 +154,7 @@ class ConvNeXt(FeatureMixin, nn.Module):
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
     ln_eps: float = 1e-6
+    depthwise_impl: str = "auto"
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
@@ -167,7 +170,7 @@ class ConvNeXt(FeatureMixin, nn.Module):
             raise ValueError(f"depths {self.depths} and dims {self.dims} must have the same length")
         check_image_input(x, self.in_chans, type(self).__name__)
         dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        conv = partial(Conv2d, kernel_init=_trunc_normal, **dt)
+        conv = partial(Conv2d, kernel_init=_trunc_normal, depthwise_impl=self.depthwise_impl, **dt)
         dense = partial(nn.Dense, kernel_init=_trunc_normal, **dt)
         norm = partial(LayerNorm, eps=self.ln_eps, **dt)
 

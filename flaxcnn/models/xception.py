@@ -108,6 +108,8 @@ class Xception(FeatureMixin, nn.Module):
         global_pool: ``'avg'``, ``'max'``, ``'avgmax'`` or ``''`` (none).
         drop_rate: dropout before the classifier.
         bn_eps, bn_momentum: BatchNorm settings (torch's defaults, as timm's port).
+        depthwise_impl: how the depthwise convs run (:class:`~flaxcnn.layers.Conv2d`):
+            ``'auto'`` shifted slices on CPU, where XLA's grouped conv is slow, else ``lax``.
         dtype, param_dtype: computation and parameter dtypes.
     """
 
@@ -119,6 +121,7 @@ class Xception(FeatureMixin, nn.Module):
     drop_rate: float = 0.0
     bn_eps: float = 1e-5
     bn_momentum: float = 0.1
+    depthwise_impl: str = "auto"
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
@@ -133,7 +136,7 @@ class Xception(FeatureMixin, nn.Module):
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array | list[jax.Array]:
         check_image_input(x, self.in_chans, type(self).__name__)
         dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        conv = partial(Conv2d, use_bias=False, **dt)
+        conv = partial(Conv2d, use_bias=False, depthwise_impl=self.depthwise_impl, **dt)
         norm = partial(BatchNorm2d, eps=self.bn_eps, momentum=self.bn_momentum, **dt)
         block = partial(Block, conv=conv, norm=norm)
 
@@ -282,6 +285,8 @@ class XceptionAligned(FeatureMixin, nn.Module):
         drop_rate: dropout before the classifier.
         drop_path_rate: stochastic depth, linear over blocks up to this rate.
         bn_eps, bn_momentum: BatchNorm settings (timm: eps 1e-3, as the TF original).
+        depthwise_impl: how the depthwise convs run (:class:`~flaxcnn.layers.Conv2d`):
+            ``'auto'`` shifted slices on CPU, where XLA's grouped conv is slow, else ``lax``.
         dtype, param_dtype: computation and parameter dtypes.
     """
 
@@ -295,6 +300,7 @@ class XceptionAligned(FeatureMixin, nn.Module):
     drop_path_rate: float = 0.0
     bn_eps: float = 1e-3
     bn_momentum: float = 0.1
+    depthwise_impl: str = "auto"
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
@@ -315,7 +321,7 @@ class XceptionAligned(FeatureMixin, nn.Module):
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array | list[jax.Array]:
         check_image_input(x, self.in_chans, type(self).__name__)
         dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        conv = partial(Conv2d, use_bias=False, **dt)
+        conv = partial(Conv2d, use_bias=False, depthwise_impl=self.depthwise_impl, **dt)
         norm = partial(BatchNorm2d, eps=self.bn_eps, momentum=self.bn_momentum, **dt)
 
         x = ConvNormAct(32, 3, conv, norm, 2, name="stem_0")(x, train=train)
