@@ -323,7 +323,11 @@ def largest_batch(rows: list[MemRow], field: str, budget_mib: float) -> tuple[in
     m = np.array([getattr(r, field) for r in rows], float)
     k, a = np.polyfit(b, m, 1)
     resid = float(np.max(np.abs(a + k * b - m) / np.maximum(m, 1.0)))
-    return (int((budget_mib - a) // k) if k > 0 else 0), resid
+    if k <= 0:
+        return 0, resid
+    # A batch whose fitted memory equals the budget up to the fit's rounding fits
+    # (np.polyfit's line through exact points is off by ~1e-13 on some BLAS builds).
+    return int(np.floor((budget_mib - a) / k * (1 + 1e-12) + 1e-9)), resid
 
 
 def write_memory(rows: list[MemRow], env: dict[str, str], out: Path, budget_gib: float) -> None:
