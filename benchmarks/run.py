@@ -325,9 +325,9 @@ def largest_batch(rows: list[MemRow], field: str, budget_mib: float) -> tuple[in
     resid = float(np.max(np.abs(a + k * b - m) / np.maximum(m, 1.0)))
     if k <= 0:
         return 0, resid
-    # A batch whose fitted memory equals the budget up to the fit's rounding fits
-    # (np.polyfit's line through exact points is off by ~1e-13 on some BLAS builds).
-    return int(np.floor((budget_mib - a) / k * (1 + 1e-12) + 1e-9)), resid
+    # Rounded first: a fit through exact points can land a hair below a whole batch
+    # (89.99999999999997 for 90 on one machine), which floor would turn into 89.
+    return int(np.floor(round((budget_mib - a) / k, 6))), resid
 
 
 def write_memory(rows: list[MemRow], env: dict[str, str], out: Path, budget_gib: float) -> None:

@@ -69,13 +69,14 @@ def test_bad_impl(groups):
     x = jnp.zeros((1, 8, 8, 2))
     with pytest.raises(ValueError, match="impl must be"):
         DepthwiseConv2d(3, impl="fft").init(jax.random.key(0), x)
-    # Also for a conv that is not depthwise, so a typo is caught on any model.
+    # On Conv2d too, depthwise (groups=2 here) or not (groups=1): a typo fails on any model.
     with pytest.raises(ValueError, match="impl must be"):
         Conv2d(2, 3, groups=groups, depthwise_impl="fft").init(jax.random.key(0), x)
 
 
 def test_conv2d_shift_only_for_depthwise():
-    """Grouped (not depthwise) and dilated depthwise convs keep lax's convolution."""
+    """Grouped convs that are not depthwise, and dilated depthwise convs, must not take the
+    shifted-slice path (it would give a wrong shape or wrong values): torch's results."""
     import torch
     import torch.nn.functional as F
 
