@@ -22,7 +22,7 @@ from flax import traverse_util
 from jax.extend import core as jex
 
 from ._registry import get_model_spec
-from .layers import Dropout2d, DropPath
+from .layers import Dropout, Dropout2d, DropPath
 
 __all__ = [
     "ModelSummary",
@@ -36,7 +36,7 @@ __all__ = [
 
 def _counted(mdl: nn.Module, method: str) -> bool:
     # Identity in eval mode: their "output" is the input again, not new memory.
-    return method == "__call__" and not isinstance(mdl, (DropPath, Dropout2d, nn.Dropout))
+    return method == "__call__" and not isinstance(mdl, (DropPath, Dropout, Dropout2d, nn.Dropout))
 
 
 @dataclasses.dataclass

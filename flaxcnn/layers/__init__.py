@@ -5,7 +5,7 @@ from .basic_conv import BasicConv2d
 from .checks import check_image_input
 from .conv import Conv2d, DepthwiseConv2d, depthwise_conv2d_shift, kaiming_normal_fan_out
 from .conv_transpose import ConvTranspose2d, conv_transpose_output_size
-from .drop import Dropout2d, DropPath
+from .drop import Dropout, Dropout2d, DropPath
 from .features import (
     POOL_TYPES,
     FeatureMixin,
@@ -38,6 +38,7 @@ __all__ = [
     "DepthwiseConv2d",
     "DropPath",
     "FeatureMixin",
+    "Dropout",
     "Dropout2d",
     "LayerNorm",
     "Padding",

@@ -1,4 +1,4 @@
-"""Stochastic regularisers: DropPath (stochastic depth) and Dropout2d."""
+"""Stochastic regularisers: Dropout, Dropout2d and DropPath (stochastic depth)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-__all__ = ["DropPath", "Dropout2d"]
+__all__ = ["DropPath", "Dropout", "Dropout2d"]
 
 
 def _keep_mask(rng: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
@@ -32,6 +32,35 @@ class DropPath(nn.Module):
         return jnp.where(keep, x / (1.0 - self.rate), 0).astype(x.dtype)
 
 
+def _dropout(module: nn.Module, x: jax.Array, train: bool, shape: tuple[int, ...]) -> jax.Array:
+    """Zero entries of ``x`` with probability ``module.rate`` (one draw per entry of the
+    broadcastable ``shape``), rescale the rest by ``1 / (1 - rate)``; identity unless ``train``
+    and ``rate > 0``, so evaluation and ``rate=0`` training need no ``'dropout'`` rng."""
+    if not train or module.rate == 0.0:
+        return x
+    if not 0.0 <= module.rate <= 1.0:
+        raise ValueError(f"{type(module).__name__} rate must be in [0, 1], got {module.rate}")
+    if module.rate == 1.0:
+        return jnp.zeros_like(x)
+    keep = _keep_mask(module.make_rng("dropout"), module.rate, shape)
+    return jnp.where(keep, x / (1.0 - module.rate), 0).astype(x.dtype)
+
+
+class Dropout(nn.Module):
+    """``torch.nn.Dropout``: zero each element with probability ``rate`` while training.
+
+    flax's ``nn.Dropout`` takes ``deterministic`` instead of the keyword-only ``train``
+    every flaxcnn layer takes; models name each one after its torch module
+    (``classifier_2``, ``drop``) rather than leaving flax's ``Dropout_0``.
+    """
+
+    rate: float = 0.5
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        return _dropout(self, x, train, x.shape)
+
+
 class Dropout2d(nn.Module):
     """``torch.nn.Dropout2d`` on NHWC: zero whole channels per sample, rescale the rest."""
 
@@ -39,11 +68,4 @@ class Dropout2d(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        if not train or self.rate == 0.0:
-            return x
-        if not 0.0 <= self.rate <= 1.0:
-            raise ValueError(f"Dropout2d rate must be in [0, 1], got {self.rate}")
-        if self.rate == 1.0:
-            return jnp.zeros_like(x)
-        keep = _keep_mask(self.make_rng("dropout"), self.rate, (x.shape[0], 1, 1, x.shape[-1]))
-        return jnp.where(keep, x / (1.0 - self.rate), 0).astype(x.dtype)
+        return _dropout(self, x, train, (x.shape[0], 1, 1, x.shape[-1]))

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from .._registry import register_model
 from ..layers import (
     Conv2d,
+    Dropout,
     FeatureMixin,
     adaptive_avg_pool2d,
     check_image_input,
@@ -117,10 +118,9 @@ class AlexNet(FeatureMixin, nn.Module):
         x = adaptive_avg_pool2d(x, 6)
         # Flattened in NHWC order; the converter permutes torch's (NCHW-flattened) classifier_1.
         x = x.reshape(x.shape[0], -1)
-        deterministic = not train or self.drop_rate == 0.0
-        x = nn.Dropout(self.drop_rate, deterministic=deterministic)(x)
+        x = Dropout(self.drop_rate, name="classifier_0")(x, train=train)
         x = nn.relu(nn.Dense(self.hidden, name="classifier_1", **kw)(x))
-        x = nn.Dropout(self.drop_rate, deterministic=deterministic)(x)
+        x = Dropout(self.drop_rate, name="classifier_3")(x, train=train)
         x = nn.relu(nn.Dense(self.hidden, name="classifier_4", **kw)(x))
         if self.num_classes == 0:
             return x

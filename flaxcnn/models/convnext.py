@@ -22,7 +22,15 @@ import jax
 import jax.numpy as jnp
 
 from .._registry import register_model
-from ..layers import Conv2d, DropPath, FeatureMixin, LayerNorm, check_image_input, stage_info
+from ..layers import (
+    Conv2d,
+    Dropout,
+    DropPath,
+    FeatureMixin,
+    LayerNorm,
+    check_image_input,
+    stage_info,
+)
 from ..layers.activations import gelu
 from ..layers.params import shaped_param
 
@@ -116,7 +124,7 @@ class ClassifierHead(nn.Module):
         x = self.norm(name="norm")(x)
         if self.num_classes == 0:
             return x
-        x = nn.Dropout(self.drop_rate, deterministic=not train or self.drop_rate == 0.0)(x)
+        x = Dropout(self.drop_rate, name="drop")(x, train=train)
         return self.dense(self.num_classes, name="fc")(x)
 
 

@@ -27,6 +27,7 @@ from .._registry import register_model
 from ..layers import (
     BatchNorm2d,
     Conv2d,
+    Dropout,
     FeatureMixin,
     avg_pool2d,
     check_image_input,
@@ -58,7 +59,7 @@ class DenseLayer(nn.Module):
         x = self.conv(self.bn_size * self.growth_rate, 1, name="conv1")(x)
         x = nn.relu(self.norm(name="norm2")(x, train=train))
         x = self.conv(self.growth_rate, 3, padding=1, name="conv2")(x)
-        return nn.Dropout(self.drop_rate, deterministic=not train or self.drop_rate == 0.0)(x)
+        return Dropout(self.drop_rate, name="drop")(x, train=train)
 
 
 class DenseBlock(nn.Module):

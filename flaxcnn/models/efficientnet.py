@@ -65,6 +65,7 @@ from ..layers import (
     BatchNorm2d,
     Conv2d,
     DepthwiseConv2d,
+    Dropout,
     DropPath,
     FeatureMixin,
     SqueezeExcite,
@@ -436,7 +437,7 @@ class EfficientNet(FeatureMixin, nn.Module):
             x = act(conv(head, 1, name="conv_head", use_bias=True)(x))[:, 0, 0, :]
         if self.num_classes == 0:
             return x
-        x = nn.Dropout(self.drop_rate, deterministic=not train or self.drop_rate == 0.0)(x)
+        x = Dropout(self.drop_rate, name="drop")(x, train=train)
         return nn.Dense(
             self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="classifier"
         )(x)

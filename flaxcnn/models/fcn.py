@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from .._registry import register_model
-from ..layers import BatchNorm2d, Conv2d, check_image_input, interpolate
+from ..layers import BatchNorm2d, Conv2d, Dropout, check_image_input, interpolate
 from .resnet import ResNet
 
 __all__ = ["FCN"]
@@ -105,7 +105,7 @@ def _fcn_head(
     """torchvision's ``FCNHead``: 3x3 conv to in/4 channels, BN, ReLU, dropout, 1x1 conv."""
     x = conv(x.shape[-1] // 4, 3, padding=1, use_bias=False, name=f"{prefix}_0")(x)
     x = nn.relu(norm(name=f"{prefix}_1")(x, train=train))
-    x = nn.Dropout(drop_rate, deterministic=not train or drop_rate == 0.0, name=f"{prefix}_3")(x)
+    x = Dropout(drop_rate, name=f"{prefix}_3")(x, train=train)
     return conv(num_classes, 1, name=f"{prefix}_4")(x)
 
 

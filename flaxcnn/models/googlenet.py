@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from .._registry import register_model
 from ..layers import (
     BasicConv2d,
+    Dropout,
     FeatureMixin,
     adaptive_avg_pool2d,
     check_image_input,
@@ -82,7 +83,7 @@ class InceptionAux(nn.Module):
         # NHWC flatten; the converter permutes torch's (NCHW-flattened) fc1.
         x = x.reshape(x.shape[0], -1)
         x = nn.relu(nn.Dense(1024, name="fc1", **kw)(x))
-        x = nn.Dropout(self.drop_rate, deterministic=not train or self.drop_rate == 0.0)(x)
+        x = Dropout(self.drop_rate, name="dropout")(x, train=train)
         return nn.Dense(self.num_classes, name="fc2", **kw)(x)
 
 
@@ -174,7 +175,7 @@ class GoogLeNet(FeatureMixin, nn.Module):
         x = self._pool(x)
         if self.num_classes == 0:
             return x
-        x = nn.Dropout(self.drop_rate, deterministic=not train or self.drop_rate == 0.0)(x)
+        x = Dropout(self.drop_rate, name="dropout")(x, train=train)
         x = nn.Dense(self.num_classes, name="fc", **kw)(x)
         if train and aux:
             return x, aux_out["aux2"], aux_out["aux1"]

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from .._registry import register_model
 from ..layers import (
     BasicConv2d,
+    Dropout,
     FeatureMixin,
     avg_pool2d,
     check_image_input,
@@ -252,7 +253,7 @@ class Inception3(FeatureMixin, nn.Module):
         x = self._pool(x)
         if self.num_classes == 0:
             return x
-        x = nn.Dropout(self.drop_rate, deterministic=not train or self.drop_rate == 0.0)(x)
+        x = Dropout(self.drop_rate, name="dropout")(x, train=train)
         x = nn.Dense(self.num_classes, name="fc", **kw)(x)
         if train and aux:
             return x, aux_out

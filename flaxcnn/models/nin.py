@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from .._registry import register_model
-from ..layers import Conv2d, FeatureMixin, check_image_input, max_pool2d, stage_info
+from ..layers import Conv2d, Dropout, FeatureMixin, check_image_input, max_pool2d, stage_info
 
 __all__ = ["MlpConv", "NiN"]
 
@@ -93,7 +93,7 @@ class NiN(FeatureMixin, nn.Module):
             return self._select_features([*feats, x])
         if self.num_classes == 0:
             return self._pool(x)
-        x = nn.Dropout(self.drop_rate, deterministic=not train or self.drop_rate == 0.0)(x)
+        x = Dropout(self.drop_rate, name="drop")(x, train=train)
         x = MlpConv(self.num_classes, 3, 1, 1, name=f"block{len(self.blocks) + 1}", **kw)(x)
         return self._pool(x)
 

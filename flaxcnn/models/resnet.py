@@ -34,6 +34,7 @@ from .._registry import register_model
 from ..layers import (
     BatchNorm2d,
     Conv2d,
+    Dropout,
     DropPath,
     FeatureMixin,
     SqueezeExcite,
@@ -338,7 +339,7 @@ class ResNet(FeatureMixin, nn.Module):
         x = self._pool(x)
         if self.num_classes == 0:
             return x
-        x = nn.Dropout(self.drop_rate, deterministic=not train or self.drop_rate == 0.0)(x)
+        x = Dropout(self.drop_rate, name="drop")(x, train=train)
         return nn.Dense(
             self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="fc"
         )(x)

@@ -27,6 +27,7 @@ from .._registry import register_model
 from ..layers import (
     BatchNorm2d,
     Conv2d,
+    Dropout,
     DropPath,
     FeatureMixin,
     check_image_input,
@@ -118,7 +119,7 @@ class _Head(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        x = nn.Dropout(self.drop_rate, deterministic=not train or self.drop_rate == 0.0)(x)
+        x = Dropout(self.drop_rate, name="drop")(x, train=train)
         return self.conv(self.num_classes, 1, use_bias=True, name="fc")(x)[:, 0, 0]
 
 

@@ -33,6 +33,7 @@ from .._registry import register_model
 from ..layers import (
     BatchNorm2d,
     Conv2d,
+    Dropout,
     FeatureMixin,
     SqueezeExcite,
     check_image_input,
@@ -190,7 +191,7 @@ class SENet(FeatureMixin, nn.Module):
         x = self._pool(x)
         if self.num_classes == 0:
             return x
-        x = nn.Dropout(self.drop_rate, deterministic=not train or self.drop_rate == 0.0)(x)
+        x = Dropout(self.drop_rate, name="drop")(x, train=train)
         return nn.Dense(self.num_classes, name="last_linear", **dt)(x)
 
 

@@ -32,6 +32,7 @@ from ..layers import (
     BatchNorm2d,
     Conv2d,
     ConvTranspose2d,
+    Dropout,
     check_image_input,
     interpolate,
     max_pool2d,
@@ -160,9 +161,7 @@ class UNet(nn.Module):
             skips.append(x)
             x = max_pool2d(x, 2, 2)
         x = block(self.base_width * 2**self.depth, name=f"enc{self.depth}")(x, train=train)
-        x = nn.Dropout(
-            self.drop_rate, deterministic=not train or self.drop_rate == 0.0, name="drop"
-        )(x)
+        x = Dropout(self.drop_rate, name="drop")(x, train=train)
 
         for i in reversed(range(self.depth)):
             width = self.base_width * 2**i

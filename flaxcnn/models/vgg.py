@@ -22,6 +22,7 @@ from .._registry import register_model
 from ..layers import (
     BatchNorm2d,
     Conv2d,
+    Dropout,
     FeatureMixin,
     adaptive_avg_pool2d,
     check_image_input,
@@ -112,11 +113,10 @@ class VGG(FeatureMixin, nn.Module):
         x = adaptive_avg_pool2d(x, 7)
         # Flattened in NHWC order; the converter permutes torch's (NCHW-flattened) classifier_0.
         x = x.reshape(x.shape[0], -1)
-        deterministic = not train or self.drop_rate == 0.0
         x = nn.relu(nn.Dense(4096, name="classifier_0", **kw)(x))
-        x = nn.Dropout(self.drop_rate, deterministic=deterministic)(x)
+        x = Dropout(self.drop_rate, name="classifier_2")(x, train=train)
         x = nn.relu(nn.Dense(4096, name="classifier_3", **kw)(x))
-        x = nn.Dropout(self.drop_rate, deterministic=deterministic)(x)
+        x = Dropout(self.drop_rate, name="classifier_5")(x, train=train)
         if self.num_classes == 0:
             return x
         return nn.Dense(self.num_classes, name="classifier_6", **kw)(x)

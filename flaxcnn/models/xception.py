@@ -31,6 +31,7 @@ from .._registry import register_model
 from ..layers import (
     BatchNorm2d,
     Conv2d,
+    Dropout,
     DropPath,
     FeatureMixin,
     check_image_input,
@@ -159,7 +160,7 @@ class Xception(FeatureMixin, nn.Module):
         x = self._pool(x)
         if self.num_classes == 0:
             return x
-        x = nn.Dropout(self.drop_rate, deterministic=not train or self.drop_rate == 0.0)(x)
+        x = Dropout(self.drop_rate, name="drop")(x, train=train)
         return nn.Dense(self.num_classes, name="fc", **dt)(x)
 
 
@@ -359,7 +360,7 @@ class _Head(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        x = nn.Dropout(self.drop_rate, deterministic=not train or self.drop_rate == 0.0)(x)
+        x = Dropout(self.drop_rate, name="drop")(x, train=train)
         return nn.Dense(
             self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="fc"
         )(x)

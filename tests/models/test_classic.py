@@ -76,7 +76,7 @@ def test_lenet_accepts_rgb_and_checks_layout():
     [
         ("lenet5", 32, 20, 1e-2, 4),
         ("lenet5_d2l", 28, 20, 1e-2, 4),
-        ("nin", 67, 12, 1e-3, 10),
+        ("nin", 67, 16, 1e-4, 10),
         ("zfnet", 63, 8, 3e-4, 10),
         ("alexnet_paper", 67, 8, 3e-4, 10),
     ],
