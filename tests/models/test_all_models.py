@@ -5,9 +5,10 @@ Compiling dominates the suite's cost on CPU (DenseNet-121: init 29 s to trace an
 forward+backward 23 s), so the checks are tiered, and nothing a variant could break alone
 goes unchecked:
 
-* every model: NCHW input is refused; ``init`` traces (``jax.eval_shape``) to float32
+* every model: NCHW input is refused; no submodule is auto-named; ``init`` traces (``jax.eval_shape``) to float32
   ``params``/``batch_stats`` of the right structure; a ``num_classes`` override and bf16
-  compute give outputs of the right shape and dtype (traced);
+  compute give outputs of the right shape and dtype (traced); a classifier with
+  ``num_classes=0`` returns ``(N, features)``, the width its classifier reads;
 * every model with a torch source is also run by the equivalence suite
   (``tests/convert/test_equivalence.py``): eval and train mode against torch at two sizes,
   updated running statistics against torch's (so every statistic is updated), eval under
@@ -20,6 +21,9 @@ goes unchecked:
   finite bf16 outputs.
 """
 
+import re
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,6 +33,7 @@ import flaxcnn
 from flaxcnn._registry import _REGISTRY
 
 MODELS = flaxcnn.list_models()
+AUTO_NAME = re.compile(r"[A-Z]\w*_\d+")  # flax's default: class name, index
 FULL = {*{s.family: n for n, s in reversed(_REGISTRY.items())}.values()} | {
     n for n, s in _REGISTRY.items() if not s.sources
 }
@@ -64,7 +69,17 @@ def test_model_contract(name):
     with pytest.raises(ValueError, match="NCHW"):
         model.init(jax.random.key(0), jnp.zeros((1, c, side, side + 1)))
 
-    abstract = jax.eval_shape(model.init, jax.random.key(0), x)
+    # Every submodule is named (after its torch module), none left to flax's ``Conv_0``.
+    paths = set()
+
+    def record(next_fun, args, kwargs, context):
+        paths.add(context.module.path)
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        abstract = jax.eval_shape(model.init, jax.random.key(0), x)
+    auto = sorted("/".join(p) for p in paths if p and AUTO_NAME.fullmatch(p[-1]))
+    assert not auto, f"auto-named submodules: {auto[:5]}"
     assert set(abstract) <= {"params", "batch_stats"}
     assert {a.dtype for a in jax.tree.leaves(abstract)} == {jnp.dtype("float32")}
     has_bn = "batch_stats" in abstract
@@ -72,6 +87,17 @@ def test_model_contract(name):
     out16 = jax.eval_shape(model16.apply, abstract, x)
     assert _main(out16).shape == expected
     assert {a.dtype for a in jax.tree.leaves(out16)} == {jnp.dtype(jnp.bfloat16)}
+    if spec.task == "classification":
+        # num_classes=0 (timm's reset_classifier(0)): the features the classifier reads.
+        model0 = flaxcnn.create_model(name, num_classes=0)
+        pooled = jax.eval_shape(lambda x: model0.init_with_output(jax.random.key(0), x)[0], x)
+        head_inputs = {
+            a.shape[-2]
+            for a in jax.tree.leaves(abstract["params"])
+            if a.ndim > 1 and a.shape[-1] == 7
+        }
+        assert pooled.ndim == 2 and pooled.shape[0] == 2, pooled.shape
+        assert pooled.shape[1] in head_inputs, (pooled.shape, head_inputs)
     if name not in FULL:
         return
     # bf16 compute keeps float32 parameters.

@@ -7,7 +7,8 @@ import pytest
 
 import flaxcnn
 from flaxcnn.convert import verify
-from flaxcnn.models import ResNet18, ResNet50
+from flaxcnn.models import ResNet, ResNet18, ResNet50
+from flaxcnn.models.resnet import make_divisible
 
 X = jax.random.normal(jax.random.key(0), (2, 64, 96, 3))
 
@@ -125,3 +126,57 @@ def test_cifar_stem_keeps_resolution():
     v = model.init(jax.random.key(0), x)
     assert v["params"]["conv1"]["kernel"].shape == (3, 3, 1, 64)
     assert model.apply(v, x).shape == (2, 10)
+
+
+@pytest.mark.parametrize(
+    ("v", "expected"), [(16.0, 16), (4.0, 8), (24.5, 24), (100 / 16, 8), (128.0, 128)]
+)
+def test_make_divisible_is_timms(v, expected):
+    from timm.layers import make_divisible as timm_make_divisible
+
+    assert (
+        make_divisible(v, 8, round_limit=0.0)
+        == expected
+        == timm_make_divisible(v, 8, round_limit=0.0)
+    )
+
+
+def test_resnet_d_and_se_names_follow_timm():
+    """Deep stem ``conv1_0..6``, avg-pool shortcut ``downsample_1/2`` (0: the pool), ``se/fc1``."""
+    model = ResNet(
+        stage_sizes=(1, 1),
+        stem_type="deep",
+        stem_width=8,
+        avg_down=True,
+        attn_layer="se",
+        num_classes=3,
+    )
+    v = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    p = v["params"]
+    assert {"conv1_0", "conv1_1", "conv1_3", "conv1_4", "conv1_6", "bn1"} <= set(p)
+    assert p["conv1_6"]["kernel"].shape == (3, 3, 8, 16)
+    assert set(p["layer2_0"]) >= {"downsample_1", "downsample_2", "se"}
+    assert "downsample_0" not in p["layer2_0"]
+    assert p["layer2_0"]["se"]["fc1"]["kernel"].shape == (1, 1, 512, 32)
+
+
+def test_resnet_rejects_unknown_attention():
+    with pytest.raises(ValueError, match="attn_layer"):
+        ResNet(stage_sizes=(1,), attn_layer="eca").init(
+            jax.random.key(0), jnp.zeros((1, 32, 32, 3))
+        )
+
+
+def test_dilated_resnet_d_keeps_resolution():
+    """avg_down in a dilated stage uses timm's 2x2/1 'same' pool instead of striding."""
+    model = ResNet(
+        stage_sizes=(1, 1, 1, 1),
+        stem_type="deep",
+        stem_width=8,
+        avg_down=True,
+        replace_stride_with_dilation=(False, True, True),
+        features_only=True,
+    )
+    x = jnp.zeros((1, 64, 64, 3))
+    feats = jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x)[0], x)
+    assert [f.shape[1] for f in feats] == [32, 16, 8, 8, 8]
