@@ -258,8 +258,12 @@ def _convert(cfg: PretrainedCfg, weights: Any):
     return from_torch(cfg.source_name, weights, source=cfg.source)
 
 
-def _local_file(name: str, path: Path):
-    """Convert a local checkpoint, trying each source's naming."""
+def _local_file(name: str, path: Path, overrides: dict[str, Any]):
+    """Convert a local checkpoint, trying each source's naming.
+
+    ``overrides`` shape the architecture before conversion, so a checkpoint of a
+    configuration that is not registered (``stage_sizes=(1, 1, 1, 1)``) converts strictly
+    against the module it came from."""
     from .convert import ConversionError, from_torch, read_state_dict
 
     spec = get_model_spec(name)
@@ -267,7 +271,7 @@ def _local_file(name: str, path: Path):
     errors = []
     for source, src_name in spec.sources.items():
         try:
-            return from_torch(src_name, sd, source=source)
+            return from_torch(src_name, sd, source=source, **overrides)
         except ConversionError as e:
             errors.append(f"as {source} {src_name!r}: {e}")
     raise ConversionError(f"{path} does not fit {name}:\n" + "\n".join(errors))
@@ -336,7 +340,7 @@ def load_pretrained(
         os.path.sep in str(pretrained)
         or Path(pretrained).suffix in (".pth", ".pt", ".bin", ".safetensors")
     ):
-        module, variables = _local_file(base, Path(pretrained))
+        module, variables = _local_file(base, Path(pretrained), overrides)
         cfg = None
     else:
         cfg = get_pretrained_cfg(name, pretrained if "." not in name else None)
@@ -358,6 +362,7 @@ def load_pretrained(
     flat = traverse_util.flatten_dict(dict(variables))
     changes: dict[str, Any] = dict(overrides)
     key = jax.random.key(seed)
+    head = None
     if num_classes is not None and num_classes != getattr(module, "num_classes", num_classes):
         head = _module_path(spec, spec.classifier, flat) if spec.classifier else None
         changes["num_classes"] = num_classes
@@ -394,11 +399,38 @@ def load_pretrained(
             )
         )
     )
+    _check_fits(name, flat, shapes, head, overrides)
     missing = [k for k in shapes if k not in flat]
     if missing:
         flat.update(_init_leaves(shapes, missing, key))
     variables = traverse_util.unflatten_dict({k: jax.numpy.asarray(flat[k]) for k in shapes})
     return module, variables
+
+
+def _check_fits(name, flat, shapes, head, overrides) -> None:
+    """Raise unless the loaded weights fill the (possibly overridden) module exactly, the
+    re-initialised classifier ``head`` aside: an override that changes the architecture
+    (``stage_sizes``) must not silently drop or re-initialise pretrained tensors."""
+    from .convert import ConversionError
+
+    def fresh(k):
+        return head is not None and k[: len(head)] == head
+
+    problems = [f"missing {'/'.join(k)}" for k in shapes if k not in flat and not fresh(k)]
+    problems += [f"unexpected {'/'.join(k)}" for k in flat if k not in shapes]
+    problems += [
+        f"mis-shaped {'/'.join(k)}: weights {tuple(np.shape(flat[k]))}, module {shapes[k].shape}"
+        for k in shapes
+        if k in flat and tuple(np.shape(flat[k])) != tuple(shapes[k].shape)
+    ]
+    if problems:
+        shown = "\n  ".join(problems[:10]) + (
+            f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        )
+        raise ConversionError(
+            f"{name}: the pretrained weights do not fit the module with overrides "
+            f"{sorted(overrides)}:\n  {shown}"
+        )
 
 
 def _init_leaves(shapes, paths, key) -> dict:

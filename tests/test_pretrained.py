@@ -147,6 +147,36 @@ def test_local_checkpoint_file(tmp_path, cache):
         flaxcnn.create_model("resnet18", pretrained=str(wrong))
 
 
+def test_local_checkpoint_of_an_unregistered_configuration(tmp_path, cache):
+    """Overrides shape the module before a local checkpoint converts into it."""
+    import torchvision
+
+    t = torchvision.models.ResNet(torchvision.models.resnet.BasicBlock, [1, 1, 1, 1])
+    path = tmp_path / "small.pth"
+    torch.save(t.state_dict(), path)
+    module, variables = flaxcnn.create_model(
+        "resnet18", pretrained=str(path), stage_sizes=(1, 1, 1, 1)
+    )
+    assert module.stage_sizes == (1, 1, 1, 1)
+    np.testing.assert_array_equal(
+        variables["params"]["layer4_0"]["conv2"]["kernel"],
+        t.layer4[0].conv2.weight.detach().numpy().transpose(2, 3, 1, 0),
+    )
+    with pytest.raises(ConversionError, match="does not fit resnet18"):
+        flaxcnn.create_model("resnet18", pretrained=str(path))
+
+
+def test_architecture_override_that_does_not_fit_the_weights(cache, fake_download):
+    """Registered weights under an override that changes the architecture: a clear error
+    naming the tensors, not a silently truncated or re-initialised model."""
+    with pytest.raises(ConversionError, match=r"unexpected params/layer1_1/conv1/kernel"):
+        flaxcnn.create_model("resnet18", pretrained=True, stage_sizes=(1, 1, 1, 1))
+    with pytest.raises(ConversionError, match=r"mis-shaped params/conv1/kernel"):
+        flaxcnn.create_model("resnet18", pretrained=True, stem_type="cifar")
+    with pytest.raises(ConversionError, match=r"missing params/layer1_0/se/fc1/kernel"):
+        flaxcnn.create_model("resnet18", pretrained=True, attn_layer="se")
+
+
 def test_offline_with_nothing_cached_names_the_file(cache, monkeypatch, tmp_path):
     import torch.hub
 
