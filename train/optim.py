@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import optax
 
-__all__ = ["build_optimizer", "build_schedule", "decay_mask"]
+__all__ = ["build_optimizer", "build_schedule", "decay_mask", "in_head"]
 
 
 def build_schedule(cfg: Any, total_steps: int) -> optax.Schedule:
@@ -46,7 +46,7 @@ def decay_mask(params: Any) -> Any:
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def _in_head(keys: list[str], head: str) -> bool:
+def in_head(keys: list[str], head: str) -> bool:
     """Whether a parameter path lies under the classifier ``head``, a registry name such as
     ``fc``, ``classifier.6`` or ``head.fc``. Models name submodules either flattened
     (``classifier_6``, one key) or nested (``head`` / ``fc``, consecutive keys)."""
@@ -60,7 +60,7 @@ def _in_head(keys: list[str], head: str) -> bool:
 def _head_labels(params: Any, head: str) -> Any:
     def label(path, _):
         keys = [str(getattr(k, "key", k)) for k in path]
-        return "train" if _in_head(keys, head) else "freeze"
+        return "train" if in_head(keys, head) else "freeze"
 
     labels = jax.tree_util.tree_map_with_path(label, params)
     if "train" not in jax.tree.leaves(labels):

@@ -57,7 +57,7 @@ from flaxcnn.segmentation import IGNORE_INDEX, confusion_matrix, cross_entropy
 from flaxcnn.xla import compiler_options
 
 from .augment import augment_batch, cutmix, mixup
-from .optim import _in_head
+from .optim import in_head
 
 __all__ = [
     "MIN_LOSS_SCALE",
@@ -241,7 +241,7 @@ def _frozen_batchnorm(head: str) -> Callable:
 
     def interceptor(next_fun, args, kwargs, context):
         m = context.module
-        if context.method_name == "__call__" and not _in_head(list(m.path), head):
+        if context.method_name == "__call__" and not in_head(list(m.path), head):
             if isinstance(m, BatchNorm2d):
                 kwargs = {**kwargs, "train": False}
             elif isinstance(m, nn.BatchNorm) and m.use_running_average is None:
