@@ -28,7 +28,6 @@
 
 # %%
 import logging
-import tempfile
 from pathlib import Path
 
 import jax
@@ -46,7 +45,7 @@ from flaxcnn.convert.verify import randomize_bn
 from flaxcnn.preprocess import preprocess
 from flaxcnn.summary import receptive_fields
 
-from _common import SMALL, show  # small-mode switch, figures saved as PNG
+from _common import SMALL, scratch_dir, show  # small-mode switch, figures saved as PNG
 
 SIZE = 64 if SMALL else 224  # the random test images of the parity checks
 torch.manual_seed(0)
@@ -195,7 +194,7 @@ show(fig, "resnet18_features")
 # Both adaptations are logged.
 
 # %%
-ckpt = Path(tempfile.mkdtemp()) / "resnet18_random.pth"
+ckpt = Path(scratch_dir("flaxcnn_nb02_")) / "resnet18_random.pth"
 torch.save(tm.state_dict(), ckpt)
 m10, v10 = flaxcnn.create_model("resnet18", pretrained=str(ckpt), num_classes=10)
 m_gray, v_gray = flaxcnn.create_model("resnet18", pretrained=str(ckpt), num_classes=10, in_chans=1)

@@ -36,12 +36,11 @@
 # %%
 import os
 
-from _common import SMALL, classic_threefry, device_flags, show
+from _common import SMALL, classic_threefry, device_flags, scratch_dir, show
 
 os.environ["XLA_FLAGS"] = device_flags()  # simulated CPU devices, before JAX starts
 
 import json
-import tempfile
 import time
 
 import jax
@@ -55,7 +54,7 @@ from flaxcnn.train.loop import evaluate_checkpoint, setup, train
 from flaxcnn.train.steps import shard_batch, to_host
 
 classic_threefry()
-ROOT = tempfile.mkdtemp(prefix="flaxcnn_nb03_")
+ROOT = scratch_dir("flaxcnn_nb03_")
 DATA_DIR = os.path.join(ROOT, "tfds")  # the digits are prepared here on first use (seconds)
 print(jax.devices())
 

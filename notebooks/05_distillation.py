@@ -38,12 +38,11 @@
 # %%
 import os
 
-from _common import SMALL, classic_threefry, device_flags, show
+from _common import SMALL, classic_threefry, device_flags, scratch_dir, show
 
 os.environ["XLA_FLAGS"] = device_flags()  # simulated CPU devices, before JAX starts
 
 import json
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -57,7 +56,7 @@ from flaxcnn.train.cli import load_config
 from flaxcnn.train.loop import setup, train
 
 classic_threefry()
-ROOT = tempfile.mkdtemp(prefix="flaxcnn_nb05_")
+ROOT = scratch_dir("flaxcnn_nb05_")
 DATA_DIR = os.path.join(ROOT, "tfds")  # the digits are prepared here on first use (seconds)
 # The teacher: (registry name, shipped config, its model_kwargs, label).
 TEACHER = (

@@ -1,10 +1,13 @@
-"""What every notebook here shares: the small-mode switch and saving figures.
+"""What every notebook here shares: the small-mode switch, saving figures, a scratch folder.
 
 ``FLAXCNN_NOTEBOOK_SMALL=1`` selects the quick settings CI runs; with
 ``FLAXCNN_NOTEBOOK_FIGURES=DIR`` every figure is also saved as ``DIR/<name>.png``.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -39,3 +42,11 @@ def classic_threefry() -> None:
     import jax
 
     jax.config.update("jax_threefry_partitionable", False)
+
+
+def scratch_dir(prefix: str) -> str:
+    """A fresh temporary folder for a notebook's datasets, runs and checkpoints, deleted
+    when the kernel (or script) exits."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path

@@ -39,7 +39,9 @@ def test_notebook_runs(path, tmp_path):
         "FLAXCNN_NOTEBOOK_SMALL": "1",
         "FLAXCNN_NOTEBOOK_FIGURES": str(tmp_path / "figures"),
         "FLAXCNN_CACHE": str(tmp_path / "cache"),
+        "TMPDIR": str(tmp_path / "tmp"),
     }
+    (tmp_path / "tmp").mkdir()
     proc = subprocess.run(
         [sys.executable, str(path)],
         cwd=tmp_path,
@@ -53,3 +55,7 @@ def test_notebook_runs(path, tmp_path):
     )
     figures = sorted(p.name for p in (tmp_path / "figures").glob("*.png"))
     assert figures, f"{path.name} saved no figure"
+    # The notebooks' own scratch folders (notebooks/_common.scratch_dir) are gone; tfds
+    # leaves a folder of its own there (not ours to delete).
+    left = [p.name for p in (tmp_path / "tmp").iterdir() if p.name.startswith("flaxcnn")]
+    assert not left, f"{path.name} left temporary files behind: {left}"
