@@ -116,7 +116,14 @@ class Pair:
         self.jdev = jax.devices()[0]
         self.tx = optax.sgd(0.01, momentum=0.9)
         opts = flaxcnn.compiler_options(self.jdev.platform) if args.xla_options else None
-        self.flax_infer = jax.jit(self.module.apply, compiler_options=opts)
+        # Inference runs the BatchNorm-folded model (flaxcnn.fold_batchnorm) unless
+        # --no-fold-bn; training always runs the model as it is.
+        infer_module, self.infer_variables = self.module, self.variables
+        if args.fold_bn:
+            infer_module, self.infer_variables = flaxcnn.fold_batchnorm(
+                self.module, self.variables, (1, self.size, self.size, 3)
+            )
+        self.flax_infer = jax.jit(infer_module.apply, compiler_options=opts)
         self.flax_train = jax.jit(self._flax_train, donate_argnums=0, compiler_options=opts)
 
     def inputs(self, n: int):
@@ -195,7 +202,7 @@ def bench_model(name: str, args, device) -> list[Row]:
         variants.append(("compile", torch.compile(pair.tmodel)))
 
     def flax_infer():
-        pair.flax_infer(pair.variables, xj).block_until_ready()
+        pair.flax_infer(pair.infer_variables, xj).block_until_ready()
 
     def flax_train():
         nonlocal fstate
@@ -435,6 +442,11 @@ def _environment(device, args) -> dict[str, str]:
             if args.xla_options
             else "none (--no-xla-options)"
         ),
+        "flaxcnn inference": (
+            "BatchNorm folded into the convs (flaxcnn.fold_batchnorm)"
+            if args.fold_bn
+            else "BatchNorm as trained (--no-fold-bn)"
+        ),
     }
 
 
@@ -450,7 +462,8 @@ def write_outputs(rows: list[Row], env: dict[str, str], out: Path) -> None:
         f"Date: {env['date']}  ",
         f"Hardware: {env['hardware']}  ",
         f"Versions: {env['versions']}  ",
-        f"XLA compiler options: {env['xla options']}",
+        f"XLA compiler options: {env['xla options']}  ",
+        f"flaxcnn inference: {env['flaxcnn inference']}",
         "",
         "| model | task | torch | batch | size | precision | torch img/s | flaxcnn img/s | ratio | first step torch / flax (s) |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -511,6 +524,12 @@ def main(argv: list[str] | None = None) -> int:
         dest="xla_options",
         action="store_false",
         help="compile without flaxcnn.compiler_options() (the figures before they existed)",
+    )
+    p.add_argument(
+        "--no-fold-bn",
+        dest="fold_bn",
+        action="store_false",
+        help="flaxcnn inference without BatchNorm folding (the figures before it existed)",
     )
     p.add_argument("--out", default="benchmarks/results/latest")
     args = p.parse_args(argv)

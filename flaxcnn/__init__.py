@@ -17,6 +17,7 @@ from ._registry import (
     list_models,
     register_model,
 )
+from .fold import fold_batchnorm
 from .pretrained import get_pretrained_cfg, list_pretrained
 from .xla import compiler_options
 
@@ -28,6 +29,7 @@ __all__ = [
     "compiler_options",
     "create_model",
     "find_by_source",
+    "fold_batchnorm",
     "get_model_spec",
     "get_pretrained_cfg",
     "layers",

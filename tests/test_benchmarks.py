@@ -67,6 +67,17 @@ def test_memory_mode_runs(tmp_path):
     assert (out / "memory.png").stat().st_size > 1000
 
 
+def test_fold_script_runs():
+    """benchmarks/fold_bn.py: the folded and unfolded model agree and both are timed."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "fold_bn.py"), "resnet18"]
+    cmd += ["--batch", "2", "--size", "32", "--repeats", "1"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    line = res.stdout.strip().splitlines()[-1]
+    assert line.startswith("resnet18: batch 2, 20 BatchNorms folded, unfolded "), line
+    assert float(line.rsplit(" ", 1)[1]) < 1e-5, line  # relative difference
+
+
 def test_largest_batch_from_a_line():
     import importlib.util
 

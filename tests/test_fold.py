@@ -1,0 +1,107 @@
+"""BatchNorm folding (flaxcnn.fold): the folded model gives the unfolded model's eval output,
+for one model of every family that has BatchNorms, with randomised statistics."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+import flaxcnn
+from flaxcnn import fold_batchnorm
+from flaxcnn._registry import _REGISTRY
+
+# The first model registered per family (variants are data on its code), plus the
+# structures the first one does not have: VGG with BatchNorm, MobileNet v3's hard-swish
+# blocks, SE-ResNeXt, ResNet-D's deep stem (resnet50d), the segmentation heads and the
+# padded U-Net (the original has no BatchNorm).
+FIRST = {s.family: n for n, s in reversed(_REGISTRY.items())}
+MODELS = sorted(
+    {*FIRST.values(), "vgg11_bn", "mobilenetv3_large_100", "seresnext50_32x4d"}
+    | {"resnet50d", "fcn_resnet50", "unet_padded"}
+)
+
+
+def _randomise_bn(variables, key):
+    """Statistics and affine parameters far from their initial (identity) values."""
+    flat = traverse_util.flatten_dict(variables)
+    out = {}
+    for i, (path, a) in enumerate(sorted(flat.items())):
+        k = jax.random.fold_in(key, i)
+        if path[0] == "batch_stats" and path[-1] == "mean":
+            a = 0.2 * jax.random.normal(k, a.shape)
+        elif path[0] == "batch_stats" and path[-1] == "var":
+            a = jax.random.uniform(k, a.shape, minval=0.5, maxval=2.0)
+        elif path[0] == "params" and path[-1] == "scale":
+            a = jax.random.uniform(k, a.shape, minval=0.5, maxval=1.5)
+        elif path[0] == "params" and path[-1] == "bias":
+            a = 0.1 * jax.random.normal(k, a.shape)
+        out[path] = a
+    return traverse_util.unflatten_dict(out)
+
+
+def _count(tree):
+    return sum(int(np.prod(a.shape)) for a in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_folded_model_gives_the_same_outputs(name):
+    spec = flaxcnn.get_model_spec(name)
+    model = flaxcnn.create_model(name, num_classes=10)
+    side = max(64, spec.min_size)
+    h, w = side + 3, side + 9
+    if spec.family == "unet":  # every pooling needs an even side: steps of 16
+        h, w = side, side + 16
+    x = jax.random.normal(jax.random.key(1), (2, h, w, spec.input_size[2]))
+    if "batch_stats" not in jax.eval_shape(model.init, jax.random.key(0), x):
+        pytest.skip(f"{name} has no BatchNorm")
+    # Op by op, not jitted: at this size compiling would cost more than computing.
+    variables = _randomise_bn(model.init(jax.random.key(0), x), jax.random.key(2))
+
+    folded, fvars = fold_batchnorm(model, variables, x.shape)
+    assert folded.folded, f"{name}: no BatchNorm follows a conv"
+    ref = model.apply(variables, x)
+    out = folded.apply(fvars, x)
+    for r, o in zip(jax.tree.leaves(ref), jax.tree.leaves(out), strict=True):
+        bound = 1e-4 * max(1.0, float(jnp.max(jnp.abs(r))))
+        assert float(jnp.max(jnp.abs(r - o))) <= bound, name
+
+    # Each folded BatchNorm loses its statistics and scale; only a shift may remain.
+    flat = traverse_util.flatten_dict(fvars)
+    for bn in folded.folded:
+        assert [k[-1] for k in flat if k[1:-1] == bn] in ([], ["bias"]), bn
+    assert _count(fvars) < _count(variables)
+
+
+def test_every_resnet50_batchnorm_is_folded():
+    model = flaxcnn.create_model("resnet50")
+    variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+    variables = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), variables)
+    folded, fvars = fold_batchnorm(model, variables)
+    assert len(folded.folded) == 53  # 1 stem + 16 blocks x 3 + 4 downsamples
+    assert "batch_stats" not in fvars
+    # torchvision's convs have no bias, so every folded BatchNorm keeps its shift.
+    assert fvars["params"]["layer1_0"]["bn1"].keys() == {"bias"}
+
+
+def test_batchnorms_not_fed_by_a_conv_stay():
+    """DenseNet's pre-activation ``norm1`` normalises a concatenation and the transitions'
+    ``norm`` a block's output: they stay. The stem's ``norm0`` (after ``conv0``) and each
+    layer's ``norm2`` (after ``conv1``) fold."""
+    model = flaxcnn.models.DenseNet(growth_rate=8, block_config=(2, 2), num_init_features=16)
+    x = jnp.zeros((1, 32, 32, 3))
+    variables = model.init(jax.random.key(0), x)
+    folded, fvars = fold_batchnorm(model, variables, x.shape)
+    assert {p[-1] for p in folded.folded} == {"norm0", "norm2"}
+    assert len(folded.folded) == 5
+    kept = traverse_util.flatten_dict(fvars["batch_stats"])
+    assert {k[-2] for k in kept} == {"norm1", "norm", "norm5"}
+
+
+def test_folded_model_refuses_training():
+    model = flaxcnn.create_model("resnet18", num_classes=3)
+    x = jnp.zeros((1, 32, 32, 3))
+    variables = model.init(jax.random.key(0), x)
+    folded, fvars = fold_batchnorm(model, variables, x.shape)
+    with pytest.raises(ValueError, match="for inference"):
+        folded.apply(fvars, x, train=True)
