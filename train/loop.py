@@ -509,52 +509,74 @@ def train(
     nonfinite_run, overflows = 0, 0
     acc_loss, acc_acc, n_acc, t0, n_img = 0.0, 0.0, 0, time.perf_counter(), 0
     last_eval: dict[str, float] = {}
+
+    def record(step: int, m: dict[str, jax.Array]) -> None:
+        """Take one step's metrics into the interval's means and the progress bar."""
+        nonlocal nonfinite_run, overflows, acc_loss, acc_acc, n_acc, loss_scale
+        m = to_host(m)
+        # A skipped step (non-finite, or a float16 loss-scale overflow) still advances the
+        # step counter, the data and the progress bar, and may be a checkpoint step: only
+        # its loss and accuracy stay out of the interval's means.
+        if int(m["nonfinite"]):
+            nonfinite_run += 1
+            if nonfinite_run >= cfg.max_nonfinite:
+                raise NonFiniteError(
+                    f"{nonfinite_run} consecutive steps had a non-finite loss or gradient "
+                    f"(last: step {step}); the updates were skipped. Lower "
+                    "config.optim.learning_rate, set config.optim.grad_clip_norm, or use "
+                    "precision=float32."
+                )
+        elif int(m.get("overflow", 0)):
+            # Expected under dynamic loss scaling: the step halved the scale. It neither
+            # counts towards nor resets the run of non-finite steps.
+            overflows += 1
+        else:
+            nonfinite_run = 0
+            acc_loss += float(m["loss"])
+            acc_acc += float(m["accuracy"])
+            n_acc += 1
+        if bar is not None:
+            ips = n_img / max(time.perf_counter() - t0, 1e-9)
+            bar.set_postfix(
+                loss=f"{float(m['loss']):.3f}",
+                acc=f"{float(m['accuracy']):.3f}",
+                img_s=f"{ips:.0f}",
+            )
+            bar.update(1)
+        if "loss_scale" in m:
+            loss_scale = float(m["loss_scale"])
+
+    # Each step's metrics are read on the host only after the next step has been dispatched
+    # (JAX dispatches asynchronously): reading them waits for that step to finish, and the
+    # device would sit idle while the host fetched, sharded and dispatched the next batch.
+    # At a checkpoint, evaluation or preemption step nothing is dispatched ahead, so the
+    # saved state and data position are those of that step.
+    pending: tuple[int, dict[str, jax.Array]] | None = None
+    loss_scale: float | None = None
     try:
         for step in range(start, end):
             batch = next(it)
             state, m = train_step(
                 state, shard_batch({"image": batch["image"], "label": batch["label"]}, s.mesh), rng
             )
-            m = to_host(m)
             done = step + 1
             n_img += cfg.batch_size
-            # A skipped step (non-finite, or a float16 loss-scale overflow) still advances the
-            # step counter, the data and the progress bar, and may be a checkpoint step: only
-            # its loss and accuracy stay out of the interval's means.
-            if int(m["nonfinite"]):
-                nonfinite_run += 1
-                if nonfinite_run >= cfg.max_nonfinite:
-                    raise NonFiniteError(
-                        f"{nonfinite_run} consecutive steps had a non-finite loss or gradient "
-                        f"(last: step {step}); the updates were skipped. Lower "
-                        "config.optim.learning_rate, set config.optim.grad_clip_norm, or use "
-                        "precision=float32."
-                    )
-            elif int(m.get("overflow", 0)):
-                # Expected under dynamic loss scaling: the step halved the scale. It neither
-                # counts towards nor resets the run of non-finite steps.
-                overflows += 1
-            else:
-                nonfinite_run = 0
-                acc_loss += float(m["loss"])
-                acc_acc += float(m["accuracy"])
-                n_acc += 1
-            if bar is not None:
-                ips = n_img / max(time.perf_counter() - t0, 1e-9)
-                bar.set_postfix(
-                    loss=f"{float(m['loss']):.3f}",
-                    acc=f"{float(m['accuracy']):.3f}",
-                    img_s=f"{ips:.0f}",
-                )
-                bar.update(1)
-            if done % every == 0 or done == s.total_steps:
+            if pending is not None:
+                record(*pending)
+            pending = (step, m)
+            boundary = done % every == 0 or done == s.total_steps
+            preempted = not boundary and ckpt.reached_preemption(done)
+            if boundary or preempted:
+                record(*pending)
+                pending = None
+            if boundary:
                 row: dict[str, float] = {"step": done, "epoch": done / s.steps_per_epoch}
                 if n_acc:  # no means over an interval of skipped steps only
                     row["train_loss"] = acc_loss / n_acc
                     row["train_accuracy"] = acc_acc / n_acc
                 row["img_per_s"] = n_img / max(time.perf_counter() - t0, 1e-9)
-                if "loss_scale" in m:
-                    row["loss_scale"] = float(m["loss_scale"])
+                if loss_scale is not None:
+                    row["loss_scale"] = loss_scale
                     row["overflow_steps"] = overflows
                 last_eval = evaluate(s, state, eval_step)
                 row.update(last_eval)
@@ -568,16 +590,20 @@ def train(
                     tb.flush()
                 ckpt.save(state, it, metrics={best: last_eval[best]})
                 acc_loss, acc_acc, n_acc, overflows = 0.0, 0.0, 0, 0
-            elif ckpt.reached_preemption(done):
+            elif preempted:
                 ckpt.save(state, it, force=True)
                 break
+        if pending is not None:  # stop_at between checkpoints
+            record(*pending)
     finally:
         if tb is not None:
             tb.close()
+        # Also when the run fails (non-finite, interrupted): a checkpoint still being
+        # written in the background is finished, not lost.
+        ckpt.wait()
+        ckpt.close()
     if bar is not None:
         bar.close()
-    ckpt.wait()
-    ckpt.close()
     summary: dict[str, Any] = {
         "step": int(to_host(state.step)),
         "workdir": workdir,

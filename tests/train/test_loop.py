@@ -222,3 +222,15 @@ def test_restore_variables_prefers_the_ema_weights(tmp_path):
     raw = steps.to_host(reader.restore_variables(like, prefer_ema=False)["params"])
     jax.tree.map(np.testing.assert_array_equal, ema, steps.to_host(state.ema_params))
     jax.tree.map(np.testing.assert_array_equal, raw, steps.to_host(state.params))
+
+
+def test_diverging_run_stops_with_a_hint_after_max_nonfinite_steps(tiny_config, tmp_path):
+    """A learning rate of 1e30 (after the warm-up's first steps) sends the loss to inf/NaN
+    from step 2 on; those updates are skipped, and after ``max_nonfinite`` consecutive ones
+    the run stops naming the last such step. Step 4 is not a checkpoint step, so its metrics
+    are read one step late, after step 5 was dispatched: the error must still name step 4.
+    The checkpoints of steps 2 and 4 stay for a resume with a smaller learning rate."""
+    cfg = tiny_config(str(tmp_path), num_steps=6, max_nonfinite=3, **{"optim.learning_rate": 1e30})
+    with pytest.raises(loop.NonFiniteError, match=r"3 consecutive steps .*\(last: step 4\)"):
+        loop.train(cfg)
+    assert Checkpointer(str(tmp_path / "checkpoints")).latest_step() == 4
