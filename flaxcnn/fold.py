@@ -13,7 +13,7 @@ and ``torch.ao.quantization.fuse_modules``.
 
 The pairs are found by tracing the model once (``jax.eval_shape``, no computation): a
 ``BatchNorm2d`` is folded when the array it normalises is exactly what a ``Conv2d`` or
-``DepthwiseConv2d`` returned. Every other BatchNorm (pre-activation ResNet v2 and
+``DepthwiseConv2d`` returned and no other module reads that array. Every other BatchNorm (pre-activation ResNet v2 and
 DenseNet normalise sums and concatenations) is left as it is. Results equal the unfolded
 model's to float32 rounding (``tests/test_fold.py`` checks every family).
 """
@@ -76,17 +76,24 @@ class BatchNormFolded(nn.Module):
 def _pairs(
     model: nn.Module, variables: Any, x: jax.ShapeDtypeStruct
 ) -> dict[Path, tuple[Path, float]]:
-    """``{batchnorm path: (conv path, eps)}`` for each BatchNorm2d fed directly by a conv."""
+    """``{batchnorm path: (conv path, eps)}`` for each BatchNorm2d fed directly by a conv
+    whose output no other module reads (folding changes the conv's output for every reader;
+    a read by plain ``jnp`` code between modules is not seen, which the equivalence tests
+    of every family cover)."""
     produced: dict[int, Path] = {}
-    pairs: dict[Path, tuple[Path, float]] = {}
+    readers: dict[int, int] = {}
+    candidates: dict[Path, tuple[int, float]] = {}
     keep = []  # the traced outputs stay alive, so their ids stay unique
 
     def record(next_fun, args, kwargs, context):
         m = context.module
         if context.method_name != "__call__":
             return next_fun(*args, **kwargs)
+        for a in jax.tree.leaves((args, kwargs)):
+            if id(a) in produced:
+                readers[id(a)] = readers.get(id(a), 0) + 1
         if isinstance(m, BatchNorm2d) and args and id(args[0]) in produced:
-            pairs[m.path] = produced[id(args[0])], m.eps
+            candidates[m.path] = id(args[0]), m.eps
         out = next_fun(*args, **kwargs)
         if isinstance(m, (Conv2d, DepthwiseConv2d)):
             produced[id(out)] = m.path
@@ -95,7 +102,7 @@ def _pairs(
 
     with nn.intercept_methods(record):
         jax.eval_shape(lambda v, x: model.apply(v, x), variables, x)
-    return pairs
+    return {bn: (produced[i], eps) for bn, (i, eps) in candidates.items() if readers[i] == 1}
 
 
 def fold_batchnorm(

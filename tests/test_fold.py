@@ -1,6 +1,7 @@
 """BatchNorm folding (flaxcnn.fold): the folded model gives the unfolded model's eval output,
 for one model of every family that has BatchNorms, with randomised statistics."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -105,3 +106,26 @@ def test_folded_model_refuses_training():
     folded, fvars = fold_batchnorm(model, variables, x.shape)
     with pytest.raises(ValueError, match="for inference"):
         folded.apply(fvars, x, train=True)
+
+
+def test_a_conv_output_read_by_another_module_is_not_folded():
+    """Folding rescales the conv's output; a second reader (here another conv) would see
+    the rescaled map, so that pair stays unfolded and the result stays the same."""
+    from flaxcnn.layers import BatchNorm2d, Conv2d
+
+    class Branches(nn.Module):
+        @nn.compact
+        def __call__(self, x, *, train=False):
+            y = Conv2d(4, 3, padding=1, name="conv")(x)
+            a = BatchNorm2d(name="bn")(y, train=train)
+            b = Conv2d(4, 1, name="side")(y)
+            z = Conv2d(4, 3, padding=1, name="conv2")(a + b)
+            return BatchNorm2d(name="bn2")(z, train=train)
+
+    model = Branches()
+    x = jax.random.normal(jax.random.key(1), (2, 9, 11, 3))
+    variables = _randomise_bn(model.init(jax.random.key(0), x), jax.random.key(2))
+    folded, fvars = fold_batchnorm(model, variables, x.shape)
+    assert folded.folded == (("bn2",),)
+    ref, out = model.apply(variables, x), folded.apply(fvars, x)
+    assert float(jnp.max(jnp.abs(ref - out))) <= 1e-4 * max(1.0, float(jnp.max(jnp.abs(ref))))
