@@ -13,8 +13,8 @@ and ``torch.ao.quantization.fuse_modules``.
 
 The pairs are found by tracing the model once (``jax.eval_shape``, no computation): a
 ``BatchNorm2d`` is folded when the array it normalises is exactly what a ``Conv2d`` or
-``DepthwiseConv2d`` returned and no other module reads that array. Every other BatchNorm (pre-activation ResNet v2 and
-DenseNet normalise sums and concatenations) is left as it is. Results equal the unfolded
+``DepthwiseConv2d`` returned and no other module reads that array. Every other BatchNorm
+(pre-activation ResNet v2 and DenseNet normalise sums and concatenations) is left as it is. Results equal the unfolded
 model's to float32 rounding (``tests/test_fold.py`` checks every family).
 """
 

@@ -410,27 +410,35 @@ def load_pretrained(
 def _check_fits(name, flat, shapes, head, overrides) -> None:
     """Raise unless the loaded weights fill the (possibly overridden) module exactly, the
     re-initialised classifier ``head`` aside: an override that changes the architecture
-    (``stage_sizes``) must not silently drop or re-initialise pretrained tensors."""
-    from .convert import ConversionError
+    (``stage_sizes``) must not silently drop or re-initialise pretrained tensors. The
+    error carries a :class:`~flaxcnn.convert.ConversionReport`, like a failed conversion."""
+    from .convert import ConversionError, ConversionReport
 
     def fresh(k):
         return head is not None and k[: len(head)] == head
 
-    problems = [f"missing {'/'.join(k)}" for k in shapes if k not in flat and not fresh(k)]
-    problems += [f"unexpected {'/'.join(k)}" for k in flat if k not in shapes]
-    problems += [
-        f"mis-shaped {'/'.join(k)}: weights {tuple(np.shape(flat[k]))}, module {shapes[k].shape}"
-        for k in shapes
-        if k in flat and tuple(np.shape(flat[k])) != tuple(shapes[k].shape)
-    ]
-    if problems:
-        shown = "\n  ".join(problems[:10]) + (
-            f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
-        )
-        raise ConversionError(
-            f"{name}: the pretrained weights do not fit the module with overrides "
-            f"{sorted(overrides)}:\n  {shown}"
-        )
+    report = ConversionReport(
+        missing=["/".join(k) for k in shapes if k not in flat and not fresh(k)],
+        unexpected=["/".join(k) for k in flat if k not in shapes],
+        mismatched=[
+            f"{'/'.join(k)}: weights {tuple(np.shape(flat[k]))}, module {shapes[k].shape}"
+            for k in shapes
+            if k in flat and tuple(np.shape(flat[k])) != tuple(shapes[k].shape)
+        ],
+    )
+    if report.ok:
+        return
+    problems = [f"missing {k}" for k in report.missing]
+    problems += [f"unexpected {k}" for k in report.unexpected]
+    problems += [f"mis-shaped {k}" for k in report.mismatched]
+    shown = "\n  ".join(problems[:10]) + (
+        f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+    )
+    raise ConversionError(
+        f"{name}: the pretrained weights do not fit the module with overrides "
+        f"{sorted(overrides)}:\n  {shown}",
+        report,
+    )
 
 
 def _init_leaves(shapes, paths, key) -> dict:

@@ -169,8 +169,11 @@ def test_local_checkpoint_of_an_unregistered_configuration(tmp_path, cache):
 def test_architecture_override_that_does_not_fit_the_weights(cache, fake_download):
     """Registered weights under an override that changes the architecture: a clear error
     naming the tensors, not a silently truncated or re-initialised model."""
-    with pytest.raises(ConversionError, match=r"unexpected params/layer1_1/conv1/kernel"):
+    with pytest.raises(ConversionError, match=r"unexpected params/layer1_1/conv1/kernel") as e:
         flaxcnn.create_model("resnet18", pretrained=True, stage_sizes=(1, 1, 1, 1))
+    report = e.value.report  # the same ConversionReport a failed conversion carries
+    assert not report.missing and not report.mismatched
+    assert "params/layer1_1/conv1/kernel" in report.unexpected
     with pytest.raises(ConversionError, match=r"mis-shaped params/conv1/kernel"):
         flaxcnn.create_model("resnet18", pretrained=True, stem_type="cifar")
     with pytest.raises(ConversionError, match=r"missing params/layer1_0/se/fc1/kernel"):

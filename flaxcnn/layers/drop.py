@@ -9,29 +9,6 @@ import jax.numpy as jnp
 __all__ = ["DropPath", "Dropout", "Dropout2d"]
 
 
-def _keep_mask(rng: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
-    return jax.random.bernoulli(rng, 1.0 - rate, shape)
-
-
-class DropPath(nn.Module):
-    """Stochastic depth (Huang et al., 2016): drop a residual branch per sample.
-
-    Kept samples are scaled by ``1 / (1 - rate)`` as timm's ``drop_path`` does.
-    Draws from the ``'dropout'`` rng stream; identity unless ``train`` and ``rate > 0``.
-    """
-
-    rate: float = 0.0
-
-    @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        if not train or self.rate == 0.0:
-            return x
-        if not 0.0 <= self.rate < 1.0:
-            raise ValueError(f"DropPath rate must be in [0, 1), got {self.rate}")
-        keep = _keep_mask(self.make_rng("dropout"), self.rate, (x.shape[0],) + (1,) * (x.ndim - 1))
-        return jnp.where(keep, x / (1.0 - self.rate), 0).astype(x.dtype)
-
-
 def _dropout(module: nn.Module, x: jax.Array, train: bool, shape: tuple[int, ...]) -> jax.Array:
     """Zero entries of ``x`` with probability ``module.rate`` (one draw per entry of the
     broadcastable ``shape``), rescale the rest by ``1 / (1 - rate)``; identity unless ``train``
@@ -42,8 +19,23 @@ def _dropout(module: nn.Module, x: jax.Array, train: bool, shape: tuple[int, ...
         raise ValueError(f"{type(module).__name__} rate must be in [0, 1], got {module.rate}")
     if module.rate == 1.0:
         return jnp.zeros_like(x)
-    keep = _keep_mask(module.make_rng("dropout"), module.rate, shape)
+    keep = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - module.rate, shape)
     return jnp.where(keep, x / (1.0 - module.rate), 0).astype(x.dtype)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al., 2016): drop a residual branch per sample.
+
+    Kept samples are scaled by ``1 / (1 - rate)`` as timm's ``drop_path`` does (``rate=1``
+    drops every sample, as there). Draws from the ``'dropout'`` rng stream; identity unless
+    ``train`` and ``rate > 0``.
+    """
+
+    rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        return _dropout(self, x, train, (x.shape[0],) + (1,) * (x.ndim - 1))
 
 
 class Dropout(nn.Module):

@@ -374,3 +374,18 @@ def test_max_pool_gradient_ties_match_torch(k, s, p, ceil, hw, kind):
     terms = np.float64(v) * np.float64(got)
     lhs = np.sum(np.float64(jv) * np.float64(w))
     assert abs(lhs - terms.sum()) <= 1e-6 * np.abs(terms).sum()
+
+
+@pytest.mark.parametrize("cls", [layers.Dropout, layers.Dropout2d, layers.DropPath])
+def test_dropout_rates(cls):
+    """Elementwise dropout drops about ``rate`` of the entries; every kind zeroes all at
+    ``rate=1`` (as torch and timm do) and rejects a rate outside [0, 1] when training."""
+    x = jnp.ones((64, 4, 5, 32))
+    rngs = {"dropout": jax.random.key(0)}
+    if cls is layers.Dropout:
+        y = np.asarray(cls(0.3).apply({}, x, train=True, rngs=rngs))
+        assert abs((y == 0).mean() - 0.3) < 0.02
+        assert set(np.unique(y)) <= {0.0, np.float32(1 / 0.7)}
+    assert not np.asarray(cls(1.0).apply({}, x, train=True, rngs=rngs)).any()
+    with pytest.raises(ValueError, match=rf"{cls.__name__} rate must be in \[0, 1\], got 1.5"):
+        cls(1.5).apply({}, x, train=True, rngs=rngs)
