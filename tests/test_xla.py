@@ -90,8 +90,9 @@ def _ynn_fused_ops(hlo: str) -> set[str]:
 
 def test_max_pool_is_not_fused_with_its_neighbours():
     """VGG's conv -> ReLU -> max pool -> classifier: without the barriers around the pool,
-    XLA:CPU hands the conv and the pool, and the pool and the classifier's matmuls, to
-    YNNPACK as single fusions (VGG-16 inference at batch 8 then took 5.1 s instead of 2.5)."""
+    XLA:CPU handed the conv and the pool (then a ``reduce-window``), and the pool and the
+    classifier's matmuls, to YNNPACK as single fusions (VGG-16 inference at batch 8 then
+    took 5.1 s instead of 2.5). The pool is now a max of strided slices, outside YNNPACK."""
     from flaxcnn.layers import Conv2d, max_pool2d
 
     class Net(nn.Module):
@@ -104,9 +105,9 @@ def test_max_pool_is_not_fused_with_its_neighbours():
     variables = net.init(jax.random.key(0), x)
     hlo = jax.jit(net.apply, compiler_options=compiler_options("cpu"))
     fusions = _ynn_fusions(hlo.lower(variables, x).compile().as_text())
-    assert any("reduce-window" in f for f in fusions)  # the pool itself is YNNPACK's
+    assert any("dot" in ops for ops in fusions)  # the classifier's matmul is YNNPACK's
     for ops in fusions:
-        assert not ("reduce-window" in ops and ops & {"convolution", "dot"}), ops
+        assert not ops & {"reduce-window", "slice", "convolution"}, ops
 
 
 def test_options_change_no_result(resnet_grad):

@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 from ..xla import materialize
 from .padding import Padding, conv_padding, pair, window_taps
@@ -130,21 +131,83 @@ def _conv(
     depthwise_impl: str,
 ) -> jax.Array:
     """An NHWC x HWIO convolution; a depthwise one as shifted slices where ``depthwise_impl``
-    says so (resolved here, so a bad value fails for every conv, not only depthwise ones)."""
+    says so (resolved here, so a bad value fails for every conv, not only depthwise ones);
+    on CPU a strided one with :func:`_strided_conv`'s gradient."""
     impl = _resolve_depthwise_impl(depthwise_impl)
     in_ch, out_ch = x.shape[-1], kernel.shape[-1]
     if impl == "shift" and groups == in_ch == out_ch and dilation == (1, 1):
         pad = _explicit_padding(padding, x.shape[1:3], kernel.shape[:2], stride)
         return depthwise_conv2d_shift(x, kernel, stride, pad)
+    if stride != (1, 1) and dilation == (1, 1) and jax.default_backend() == "cpu":
+        pad = _explicit_padding(padding, x.shape[1:3], kernel.shape[:2], stride)
+        return _strided_conv(x, kernel, stride, pad, groups)
+    return _lax_conv(x, kernel, stride, conv_padding(padding), groups, dilation)
+
+
+def _lax_conv(x, kernel, stride, padding, groups, dilation=(1, 1)):
     return lax.conv_general_dilated(
         x,
         kernel,
         window_strides=stride,
-        padding=conv_padding(padding),
+        padding=padding,
         rhs_dilation=dilation,
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
         feature_group_count=groups,
     )
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
+def _strided_conv(x, kernel, stride, padding, groups):
+    """A strided convolution (the forward is ``lax.conv_general_dilated``'s) whose tangent
+    in ``x`` is :func:`_phase_conv`.
+
+    JAX's own rule differentiates a strided conv's input as a convolution of the output
+    gradient dilated with zeros (``lhs_dilation``), which XLA:CPU runs in its own loop
+    instead of Eigen, on four times the taps. The transpose of the phase form is ``s*s``
+    stride-1 convolutions and a strided interleave. ResNet-50's strided 3x3 convs,
+    batch 32, input and weight gradients: 186 -> 104 ms at 56x56, 88 -> 63 ms at 28x28.
+    """
+    return _lax_conv(x, kernel, stride, padding, groups)
+
+
+def _strided_conv_jvp(stride, padding, groups, primals, tangents):
+    (x, kernel), (dx, dkernel) = primals, tangents
+    y = _lax_conv(x, kernel, stride, padding, groups)
+    dy = jnp.zeros_like(y)
+    # Symbolic zeros skip a term: a stem conv's input has no tangent, and a zero tangent
+    # would still be convolved.
+    if not isinstance(dx, SymbolicZero):
+        dy = dy + _phase_conv(dx, kernel, stride, padding, groups)
+    if not isinstance(dkernel, SymbolicZero):
+        dy = dy + _lax_conv(x, dkernel, stride, padding, groups)
+    return y, dy
+
+
+_strided_conv.defjvp(_strided_conv_jvp, symbolic_zeros=True)
+
+
+def _phase_conv(x, kernel, stride, padding, groups):
+    """A strided convolution as a sum of stride-1 ones, one per phase ``(a, b)`` of the
+    stride: ``y = sum conv(x_pad[a::sh, b::sw], kernel[a::sh, b::sw])``. The same linear
+    map as ``_lax_conv(x, kernel, stride, padding, groups)`` up to float32 summation order."""
+    (pt, pb), (pl, pr) = padding
+    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    (kh, kw), (sh, sw) = kernel.shape[:2], stride
+    oh, ow = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
+    out = None
+    for a in range(min(sh, kh)):
+        for b in range(min(sw, kw)):
+            k_ab = kernel[a::sh, b::sw]
+            ma, mb = k_ab.shape[:2]
+            x_ab = lax.slice(
+                xp,
+                (0, a, b, 0),
+                (xp.shape[0], a + sh * (oh + ma - 2) + 1, b + sw * (ow + mb - 2) + 1, xp.shape[3]),
+                (1, sh, sw, 1),
+            )
+            y = _lax_conv(x_ab, k_ab, (1, 1), ((0, 0), (0, 0)), groups)
+            out = y if out is None else out + y
+    return out
 
 
 @partial(jax.jit, static_argnames=("stride", "padding"))

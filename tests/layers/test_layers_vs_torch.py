@@ -58,35 +58,65 @@ def test_conv2d(k, s, p, d, g, hw):
     close(conv.apply({"params": params}, jnp.asarray(x)), ref)
 
 
-@pytest.mark.parametrize(("k", "s", "hw"), [(1, 2, (7, 9)), (1, 2, (8, 8)), (3, 2, (9, 8))])
-def test_conv2d_gradients(k, s, hw):
-    """Input and weight gradients equal torch's, strided and not."""
-    tconv = torch.nn.Conv2d(8, 16, k, s, k // 2, bias=True)
+@pytest.mark.parametrize(
+    ("k", "s", "p", "g", "hw"),
+    [
+        (3, 1, 1, 1, (6, 7)),
+        (1, 2, 0, 1, (7, 9)),
+        (1, 2, 0, 1, (8, 8)),
+        (3, 2, 1, 1, (9, 8)),
+        (7, 2, 3, 1, (13, 10)),  # a stem
+        (2, 2, 0, 1, (9, 7)),  # ConvNeXt's downsampling
+        (4, 4, 0, 1, (11, 13)),  # a patchify stem
+        (5, 3, 2, 1, (11, 10)),
+        (3, 2, 1, 4, (9, 9)),
+        (3, 2, "same", 1, (9, 14)),
+        (5, 2, "same", 1, (10, 7)),
+    ],
+)
+def test_conv2d_gradients(k, s, p, g, hw):
+    """Input and weight gradients equal torch's, strided and not, at every padding kind.
+    On CPU a strided conv's input gradient has its own rule (a sum of stride-1 convs:
+    ``flaxcnn.layers.conv._strided_conv``); forward mode agrees with reverse mode."""
+    tconv = torch.nn.Conv2d(8, 16, k, s, 0 if p == "same" else p, groups=g, bias=True)
     x = RNG.standard_normal((2, *hw, 8), dtype=np.float32)
     xt = nchw(x).requires_grad_(True)
-    out = tconv(xt)
-    g = RNG.standard_normal(tuple(nhwc(out).shape), dtype=np.float32)
-    out.backward(nchw(g))
+    out = tconv(_tf_same_pad(xt, k, s) if p == "same" else xt)
+    ct = RNG.standard_normal(tuple(nhwc(out).shape), dtype=np.float32)
+    out.backward(nchw(ct))
     params = {
         "kernel": jnp.asarray(tconv.weight.detach().numpy().transpose(2, 3, 1, 0)),
         "bias": jnp.asarray(tconv.bias.detach().numpy()),
     }
-    conv = layers.Conv2d(16, k, s, k // 2)
-    _, vjp = jax.vjp(lambda p, v: conv.apply({"params": p}, v), params, jnp.asarray(x))
-    dp, dx = vjp(jnp.asarray(g))
+    conv = layers.Conv2d(16, k, s, p, groups=g)
+
+    def f(p, v):
+        return conv.apply({"params": p}, v)
+
+    _, vjp = jax.vjp(f, params, jnp.asarray(x))
+    dp, dx = vjp(jnp.asarray(ct))
     close(dx, nhwc(xt.grad))
     close(dp["kernel"], tconv.weight.grad.numpy().transpose(2, 3, 1, 0))
     close(dp["bias"], tconv.bias.grad.numpy())
+    v = RNG.standard_normal(x.shape, dtype=np.float32)
+    _, jv = jax.jvp(lambda a: f(params, a), (jnp.asarray(x),), (jnp.asarray(v),))
+    # <J v, ct> == <v, J^T ct>, summed in float64
+    terms = np.float64(v) * np.float64(dx)
+    assert abs(np.sum(np.float64(jv) * np.float64(ct)) - terms.sum()) <= 1e-5 * np.abs(terms).sum()
+
+
+def _tf_same_pad(x, k, s):
+    """TF 'SAME' padding of an NCHW tensor: total max((ceil(i/s)-1)*s + k - i, 0), the odd
+    pixel at the end."""
+    pads = []
+    for i in x.shape[2:]:
+        total = max((-(-i // s) - 1) * s + k - i, 0)
+        pads += [total // 2, total - total // 2]
+    return F.pad(x, (pads[2], pads[3], pads[0], pads[1]))
 
 
 def _tf_same_reference(x, weight, stride):
-    """TF 'SAME': total pad max((ceil(i/s)-1)*s + k - i, 0), the odd pixel at the end."""
-    pads = []
-    for i, k in zip(x.shape[2:], weight.shape[2:], strict=True):
-        total = max((-(-i // stride) - 1) * stride + k - i, 0)
-        pads += [total // 2, total - total // 2]
-    x = F.pad(x, (pads[2], pads[3], pads[0], pads[1]))
-    return F.conv2d(x, weight, stride=stride)
+    return F.conv2d(_tf_same_pad(x, weight.shape[-1], stride), weight, stride=stride)
 
 
 @pytest.mark.parametrize(
@@ -354,8 +384,9 @@ def _tied(x: np.ndarray, kind: str) -> np.ndarray:
 @pytest.mark.parametrize(("k", "s", "p", "ceil", "hw"), POOL_CASES)
 @pytest.mark.parametrize("kind", ["relu", "coarse", "neg_inf", "nan"])
 def test_max_pool_gradient_ties_match_torch(k, s, p, ceil, hw, kind):
-    """Ties go to torch's argmax (the window's first maximum, or its last NaN), never to
-    padding; forward mode works and agrees with reverse mode."""
+    """The forward equals torch's, NaNs included; ties go to torch's argmax (the window's
+    first maximum, or its last NaN), never to padding; forward mode works and agrees with
+    reverse mode."""
     x = _tied(RNG.standard_normal((2, *hw, 4), dtype=np.float32), kind)
     xt = nchw(x).requires_grad_(True)
     out = F.max_pool2d(xt, k, s, p, ceil_mode=ceil)
@@ -366,6 +397,7 @@ def test_max_pool_gradient_ties_match_torch(k, s, p, ceil, hw, kind):
     def pool(a):
         return layers.max_pool2d(a, k, s, p, ceil_mode=ceil)
 
+    np.testing.assert_array_equal(np.asarray(jax.jit(pool)(x)), nhwc(out.detach()))
     got = jax.jit(jax.grad(lambda a: jnp.sum(pool(a) * w)))(jnp.asarray(x))
     np.testing.assert_array_equal(np.asarray(got), nhwc(xt.grad))
     v = jnp.asarray(RNG.standard_normal(x.shape, dtype=np.float32))
