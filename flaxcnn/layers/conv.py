@@ -132,13 +132,32 @@ def _conv(
 ) -> jax.Array:
     """An NHWC x HWIO convolution; a depthwise one as shifted slices where ``depthwise_impl``
     says so (resolved here, so a bad value fails for every conv, not only depthwise ones);
-    on CPU a strided one with :func:`_strided_conv`'s gradient."""
+    on CPU a grouped one as one conv per group and a strided one with
+    :func:`_strided_conv`'s gradient."""
     impl = _resolve_depthwise_impl(depthwise_impl)
     in_ch, out_ch = x.shape[-1], kernel.shape[-1]
     if impl == "shift" and groups == in_ch == out_ch and dilation == (1, 1):
         pad = _explicit_padding(padding, x.shape[1:3], kernel.shape[:2], stride)
         return depthwise_conv2d_shift(x, kernel, stride, pad)
-    if stride != (1, 1) and dilation == (1, 1) and jax.default_backend() == "cpu":
+    if jax.default_backend() != "cpu":
+        return _lax_conv(x, kernel, stride, conv_padding(padding), groups, dilation)
+    if 1 < groups <= _MAX_SPLIT_GROUPS:
+        xs, ks = jnp.split(x, groups, axis=-1), jnp.split(kernel, groups, axis=-1)
+        parts = [_cpu_conv(a, k, stride, padding, dilation) for a, k in zip(xs, ks, strict=True)]
+        return jnp.concatenate(parts, axis=-1)
+    return _cpu_conv(x, kernel, stride, padding, dilation, groups)
+
+
+# On CPU a grouped conv with at most this many groups (ResNeXt's 32 or 64) runs as one conv
+# per group: XLA:CPU's grouped convolutions are slow, their gradients very slow. ResNeXt's
+# 3x3 conv, 32 groups of 4 channels at 56x56, batch 8: forward 124 -> 58 ms, forward and
+# backward 10.4 s -> 138 ms. More groups (depthwise-like convs) would mean that many convs.
+_MAX_SPLIT_GROUPS = 64
+
+
+def _cpu_conv(x, kernel, stride, padding, dilation, groups=1):
+    """A conv on CPU: a strided one with :func:`_strided_conv`'s gradient."""
+    if stride != (1, 1) and dilation == (1, 1):
         pad = _explicit_padding(padding, x.shape[1:3], kernel.shape[:2], stride)
         return _strided_conv(x, kernel, stride, pad, groups)
     return _lax_conv(x, kernel, stride, conv_padding(padding), groups, dilation)
