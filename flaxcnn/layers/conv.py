@@ -36,7 +36,10 @@ class Conv2d(nn.Module):
     A depthwise conv (``groups == in_channels == out_channels``, no dilation), such as
     ConvNeXt's 7x7 or Xception's separable convs, runs as
     :func:`depthwise_conv2d_shift` on CPU (``depthwise_impl='auto'``): the same result up
-    to float32 summation order, without XLA:CPU's slow grouped convolutions.
+    to float32 summation order, without XLA:CPU's slow grouped convolutions. Also on CPU
+    only, a grouped conv of at most 64 groups runs as one conv per group, and a strided
+    conv's input gradient as one stride-1 conv per phase of the stride
+    (:func:`_strided_conv`): XLA:CPU's own versions of both are slow (docs/performance.md).
 
     Attributes:
         features: output channels (torch ``out_channels``).
