@@ -447,6 +447,8 @@ def _environment(device, args) -> dict[str, str]:
             if args.fold_bn
             else "BatchNorm as trained (--no-fold-bn)"
         ),
+        # glibc's allocator settings change both frameworks' CPU figures (docs/performance.md)
+        "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", "unset (glibc's defaults)"),
     }
 
 
@@ -463,7 +465,8 @@ def write_outputs(rows: list[Row], env: dict[str, str], out: Path) -> None:
         f"Hardware: {env['hardware']}  ",
         f"Versions: {env['versions']}  ",
         f"XLA compiler options: {env['xla options']}  ",
-        f"flaxcnn inference: {env['flaxcnn inference']}",
+        f"flaxcnn inference: {env['flaxcnn inference']}  ",
+        f"GLIBC_TUNABLES: {env['GLIBC_TUNABLES']}",
         "",
         "| model | task | torch | batch | size | precision | torch img/s | flaxcnn img/s | ratio | first step torch / flax (s) |",
         "|---|---|---|---|---|---|---|---|---|---|",
