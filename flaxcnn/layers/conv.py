@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from functools import partial
 
@@ -195,14 +196,14 @@ def _strided_conv(x, kernel, stride, padding, groups):
 def _strided_conv_jvp(stride, padding, groups, primals, tangents):
     (x, kernel), (dx, dkernel) = primals, tangents
     y = _lax_conv(x, kernel, stride, padding, groups)
-    dy = jnp.zeros_like(y)
     # Symbolic zeros skip a term: a stem conv's input has no tangent, and a zero tangent
     # would still be convolved.
+    terms = []
     if not isinstance(dx, SymbolicZero):
-        dy = dy + _phase_conv(dx, kernel, stride, padding, groups)
+        terms.append(_phase_conv(dx, kernel, stride, padding, groups))
     if not isinstance(dkernel, SymbolicZero):
-        dy = dy + _lax_conv(x, dkernel, stride, padding, groups)
-    return y, dy
+        terms.append(_lax_conv(x, dkernel, stride, padding, groups))
+    return y, functools.reduce(jnp.add, terms) if terms else jnp.zeros_like(y)
 
 
 _strided_conv.defjvp(_strided_conv_jvp, symbolic_zeros=True)
