@@ -125,6 +125,13 @@ def _resolve_depthwise_impl(impl: str) -> str:
     return "shift" if jax.default_backend() == "cpu" else "conv"
 
 
+# On CPU a grouped conv with at most this many groups (ResNeXt's 32 or 64) runs as one conv
+# per group: XLA:CPU's grouped convolutions are slow, their gradients very slow. ResNeXt's
+# 3x3 conv, 32 groups of 4 channels at 56x56, batch 8: forward 124 -> 58 ms, forward and
+# backward 10.4 s -> 138 ms. More groups (depthwise-like convs) would mean that many convs.
+_MAX_SPLIT_GROUPS = 64
+
+
 def _conv(
     x: jax.Array,
     kernel: jax.Array,
@@ -150,13 +157,6 @@ def _conv(
         parts = [_cpu_conv(a, k, stride, padding, dilation) for a, k in zip(xs, ks, strict=True)]
         return jnp.concatenate(parts, axis=-1)
     return _cpu_conv(x, kernel, stride, padding, dilation, groups)
-
-
-# On CPU a grouped conv with at most this many groups (ResNeXt's 32 or 64) runs as one conv
-# per group: XLA:CPU's grouped convolutions are slow, their gradients very slow. ResNeXt's
-# 3x3 conv, 32 groups of 4 channels at 56x56, batch 8: forward 124 -> 58 ms, forward and
-# backward 10.4 s -> 138 ms. More groups (depthwise-like convs) would mean that many convs.
-_MAX_SPLIT_GROUPS = 64
 
 
 def _cpu_conv(x, kernel, stride, padding, dilation, groups=1):
@@ -245,11 +245,7 @@ def depthwise_conv2d_shift(
     depthwise shapes, 3x3 and 5x5, stride 1 and 2), where grouped convs are a known weak spot.
     """
     kh, kw = kernel.shape[:2]
-    (pt, pb), (pl, pr) = padding
-    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-    sh, sw = stride
-    out_hw = ((xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1)
-    taps = window_taps(xp, (kh, kw), stride, (1, 1), out_hw)
+    taps, _ = window_taps(x, (kh, kw), stride, (1, 1), padding)
     out = None
     for t, tap in enumerate(taps):
         tap = tap * kernel[t // kw, t % kw, 0]

@@ -13,6 +13,7 @@ import math
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 from jax import lax
 
 Padding = int | tuple[int, int] | str
@@ -67,17 +68,23 @@ def pool_output_size(
 
 
 def window_taps(
-    xp: jax.Array,
+    x: jax.Array,
     kernel: tuple[int, int],
     stride: tuple[int, int],
     dilation: tuple[int, int],
-    out_hw: tuple[int, int],
-) -> list[jax.Array]:
-    """Tap ``(i, j)`` of every window of the padded NHWC ``xp``, as ``kh * kw`` strided
-    slices of shape ``(N, out_h, out_w, C)`` in row-major window order."""
+    pads,
+    fill: float = 0.0,
+) -> tuple[list[jax.Array], tuple[int, int]]:
+    """Tap ``(i, j)`` of every window of NHWC ``x`` padded by ``pads``
+    (``((top, bottom), (left, right))``) with ``fill``: ``kh * kw`` strided slices of shape
+    ``(N, out_h, out_w, C)`` in row-major window order, and ``(out_h, out_w)``."""
+    xp = jnp.pad(x, [(0, 0), *pads, (0, 0)], constant_values=fill)
     n, c = xp.shape[0], xp.shape[3]
-    (oh, ow), (sh, sw), (dh, dw) = out_hw, stride, dilation
-    return [
+    (sh, sw), (dh, dw) = stride, dilation
+    oh, ow = (
+        (xp.shape[1 + a] - dilation[a] * (kernel[a] - 1) - 1) // stride[a] + 1 for a in (0, 1)
+    )
+    taps = [
         lax.slice(
             xp,
             (0, i * dh, j * dw, 0),
@@ -87,3 +94,4 @@ def window_taps(
         for i in range(kernel[0])
         for j in range(kernel[1])
     ]
+    return taps, (oh, ow)

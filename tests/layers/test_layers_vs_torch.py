@@ -105,6 +105,23 @@ def test_conv2d_gradients(k, s, p, g, hw):
     assert abs(np.sum(np.float64(jv) * np.float64(ct)) - terms.sum()) <= 1e-5 * np.abs(terms).sum()
 
 
+def test_strided_conv_gradients_with_many_groups():
+    """A strided conv with more groups than CPU splits (a depthwise one kept as a grouped
+    conv, ``depthwise_impl='conv'``) takes the phase rule with groups; gradients equal torch's."""
+    tconv = torch.nn.Conv2d(80, 80, 3, 2, 1, groups=80, bias=False)
+    x = RNG.standard_normal((2, 9, 11, 80), dtype=np.float32)
+    xt = nchw(x).requires_grad_(True)
+    out = tconv(xt)
+    ct = RNG.standard_normal(tuple(nhwc(out).shape), dtype=np.float32)
+    out.backward(nchw(ct))
+    conv = layers.Conv2d(80, 3, 2, 1, groups=80, use_bias=False, depthwise_impl="conv")
+    kernel = jnp.asarray(tconv.weight.detach().numpy().transpose(2, 3, 1, 0))
+    _, vjp = jax.vjp(lambda k, v: conv.apply({"params": {"kernel": k}}, v), kernel, x)
+    dk, dx = vjp(jnp.asarray(ct))
+    close(dx, nhwc(xt.grad))
+    close(dk, tconv.weight.grad.numpy().transpose(2, 3, 1, 0))
+
+
 def _tf_same_pad(x, k, s):
     """TF 'SAME' padding of an NCHW tensor: total max((ceil(i/s)-1)*s + k - i, 0), the odd
     pixel at the end."""
