@@ -1,6 +1,6 @@
 """Building blocks shared by every flaxcnn family, each matching its torch counterpart."""
 
-from .activations import ACTIVATIONS, get_act, hard_sigmoid, hard_swish, relu6
+from .activations import ACTIVATIONS, get_act, hard_sigmoid, hard_swish, relu, relu6
 from .basic_conv import BasicConv2d
 from .checks import check_image_input
 from .conv import Conv2d, DepthwiseConv2d, depthwise_conv2d_shift, kaiming_normal_fan_out
@@ -63,6 +63,7 @@ __all__ = [
     "max_pool2d",
     "pair",
     "pool_output_size",
+    "relu",
     "relu6",
     "stage_info",
 ]

@@ -40,7 +40,7 @@ class Conv2d(nn.Module):
     to float32 summation order, without XLA:CPU's slow grouped convolutions. Also on CPU
     only, a grouped conv of at most 64 groups runs as one conv per group, and a strided
     conv's input gradient as one stride-1 conv per phase of the stride
-    (:func:`_strided_conv`): XLA:CPU's own versions of both are slow (docs/performance.md).
+    (:func:`_cpu_conv_ad`): XLA:CPU's own versions of both are slow (docs/performance.md).
 
     Attributes:
         features: output channels (torch ``out_channels``).
@@ -160,10 +160,10 @@ def _conv(
 
 
 def _cpu_conv(x, kernel, stride, padding, dilation, groups=1):
-    """A conv on CPU: a strided one with :func:`_strided_conv`'s gradient."""
-    if stride != (1, 1) and dilation == (1, 1):
+    """A conv on CPU: without dilation, with :func:`_cpu_conv_ad`'s derivatives."""
+    if dilation == (1, 1):
         pad = _explicit_padding(padding, x.shape[1:3], kernel.shape[:2], stride)
-        return _strided_conv(x, kernel, stride, pad, groups)
+        return _cpu_conv_ad(x, kernel, stride, pad, groups)
     return _lax_conv(x, kernel, stride, conv_padding(padding), groups, dilation)
 
 
@@ -180,33 +180,54 @@ def _lax_conv(x, kernel, stride, padding, groups, dilation=(1, 1)):
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
-def _strided_conv(x, kernel, stride, padding, groups):
-    """A strided convolution (the forward is ``lax.conv_general_dilated``'s) whose tangent
-    in ``x`` is :func:`_phase_conv`.
+def _cpu_conv_ad(x, kernel, stride, padding, groups):
+    """A convolution (the forward is ``lax.conv_general_dilated``'s) whose derivatives
+    XLA:CPU computes faster than JAX's own rule gives them.
 
-    JAX's own rule differentiates a strided conv's input as a convolution of the output
-    gradient dilated with zeros (``lhs_dilation``), which XLA:CPU runs in its own loop
-    instead of Eigen, on four times the taps. The transpose of the phase form is ``s*s``
-    stride-1 convolutions and a strided interleave. ResNet-50's strided 3x3 convs,
-    batch 32, input and weight gradients: 186 -> 104 ms at 56x56, 88 -> 63 ms at 28x28.
+    * A strided conv's tangent in ``x`` is :func:`_phase_conv`. JAX's rule differentiates
+      a strided conv's input as a convolution of the output gradient dilated with zeros
+      (``lhs_dilation``), which XLA:CPU runs in its own loop instead of Eigen, on four
+      times the taps. The transpose of the phase form is ``s*s`` stride-1 convolutions and
+      a strided interleave. ResNet-50's strided 3x3 convs, batch 32, input and weight
+      gradients: 186 -> 104 ms at 56x56, 88 -> 63 ms at 28x28.
+    * A 1x1 conv's tangent in ``kernel`` is a matmul (:func:`_pointwise_conv`), so its
+      weight gradient is one matmul over the batch and the map, which XLA:CPU gives to
+      YNNPACK. JAX's rule makes it a convolution over transposed copies of the input and
+      the output gradient, in Eigen (AVX without FMA in jaxlib's build): batch 32,
+      64->256 at 56x56, 73 -> 17 ms.
     """
     return _lax_conv(x, kernel, stride, padding, groups)
 
 
-def _strided_conv_jvp(stride, padding, groups, primals, tangents):
+def _cpu_conv_ad_jvp(stride, padding, groups, primals, tangents):
     (x, kernel), (dx, dkernel) = primals, tangents
     y = _lax_conv(x, kernel, stride, padding, groups)
     # Symbolic zeros skip a term: a stem conv's input has no tangent, and a zero tangent
     # would still be convolved.
     terms = []
     if not isinstance(dx, SymbolicZero):
-        terms.append(_phase_conv(dx, kernel, stride, padding, groups))
+        if stride == (1, 1):
+            terms.append(_lax_conv(dx, kernel, stride, padding, groups))
+        else:
+            terms.append(_phase_conv(dx, kernel, stride, padding, groups))
     if not isinstance(dkernel, SymbolicZero):
-        terms.append(_lax_conv(x, dkernel, stride, padding, groups))
+        if kernel.shape[:2] == (1, 1) and padding == ((0, 0), (0, 0)) and groups == 1:
+            terms.append(_pointwise_conv(x, dkernel, stride))
+        else:
+            terms.append(_lax_conv(x, dkernel, stride, padding, groups))
     return y, functools.reduce(jnp.add, terms) if terms else jnp.zeros_like(y)
 
 
-_strided_conv.defjvp(_strided_conv_jvp, symbolic_zeros=True)
+_cpu_conv_ad.defjvp(_cpu_conv_ad_jvp, symbolic_zeros=True)
+
+
+def _pointwise_conv(x, kernel, stride):
+    """An unpadded 1x1 convolution as one matmul of ``(N*H*W, C_in) x (C_in, C_out)``."""
+    if stride != (1, 1):
+        x = x[:, :: stride[0], :: stride[1]]
+    n, h, w, c = x.shape
+    y = jnp.dot(x.reshape(n * h * w, c), kernel.reshape(c, -1))
+    return y.reshape(n, h, w, -1)
 
 
 def _phase_conv(x, kernel, stride, padding, groups):

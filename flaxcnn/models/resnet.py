@@ -41,6 +41,7 @@ from ..layers import (
     avg_pool2d,
     check_image_input,
     max_pool2d,
+    relu,
     stage_info,
 )
 
@@ -80,12 +81,12 @@ class BasicBlock(nn.Module):
             else self.norm
         )
         out = self.conv(self.planes, 3, self.stride, padding=1, name="conv1")(x)
-        out = nn.relu(self.norm(name="bn1")(out, train=train))
+        out = relu(self.norm(name="bn1")(out, train=train))
         out = self.conv(self.planes, 3, padding=1, name="conv2")(out)
         out = last_norm(name="bn2")(out, train=train)
         out = _attn(self, out)
         out = DropPath(self.drop_path, name="drop_path")(out, train=train)
-        return nn.relu(out + _shortcut(self, x, self.planes, train))
+        return relu(out + _shortcut(self, x, self.planes, train))
 
 
 class Bottleneck(nn.Module):
@@ -121,7 +122,7 @@ class Bottleneck(nn.Module):
             else self.norm
         )
         out = self.conv(width, 1, name="conv1")(x)
-        out = nn.relu(self.norm(name="bn1")(out, train=train))
+        out = relu(self.norm(name="bn1")(out, train=train))
         out = self.conv(
             width,
             3,
@@ -131,12 +132,12 @@ class Bottleneck(nn.Module):
             groups=self.groups,
             name="conv2",
         )(out)
-        out = nn.relu(self.norm(name="bn2")(out, train=train))
+        out = relu(self.norm(name="bn2")(out, train=train))
         out = self.conv(out_ch, 1, name="conv3")(out)
         out = last_norm(name="bn3")(out, train=train)
         out = _attn(self, out)
         out = DropPath(self.drop_path, name="drop_path")(out, train=train)
-        return nn.relu(out + _shortcut(self, x, out_ch, train))
+        return relu(out + _shortcut(self, x, out_ch, train))
 
 
 def _shortcut(block: BasicBlock | Bottleneck, x: jax.Array, out_ch: int, train: bool) -> jax.Array:
@@ -291,15 +292,15 @@ class ResNet(FeatureMixin, nn.Module):
         if self.stem_type == "deep":
             w = self.stem_width
             x = conv(w, 3, 2, padding=1, name="conv1_0")(x)
-            x = nn.relu(norm(name="conv1_1")(x, train=train))
+            x = relu(norm(name="conv1_1")(x, train=train))
             x = conv(w, 3, padding=1, name="conv1_3")(x)
-            x = nn.relu(norm(name="conv1_4")(x, train=train))
+            x = relu(norm(name="conv1_4")(x, train=train))
             x = conv(2 * w, 3, padding=1, name="conv1_6")(x)
         else:
             x = conv(
                 64, 3 if cifar else 7, 1 if cifar else 2, padding=1 if cifar else 3, name="conv1"
             )(x)
-        x = nn.relu(norm(name="bn1")(x, train=train))
+        x = relu(norm(name="bn1")(x, train=train))
         feats = [x]
         if not cifar:
             x = max_pool2d(x, 3, 2, padding=1)

@@ -38,6 +38,7 @@ from ..layers import (
     SqueezeExcite,
     check_image_input,
     max_pool2d,
+    relu,
     stage_info,
 )
 
@@ -64,20 +65,18 @@ class SEBottleneck(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         out_ch = self.planes * 4
-        y = nn.relu(
-            self.norm(name="bn1")(self.conv(self.widths[0], 1, name="conv1")(x), train=train)
-        )
+        y = relu(self.norm(name="bn1")(self.conv(self.widths[0], 1, name="conv1")(x), train=train))
         y = self.conv(self.widths[1], 3, self.stride, padding=1, groups=self.groups, name="conv2")(
             y
         )
-        y = nn.relu(self.norm(name="bn2")(y, train=train))
+        y = relu(self.norm(name="bn2")(y, train=train))
         y = self.norm(name="bn3")(self.conv(out_ch, 1, name="conv3")(y), train=train)
         y = self.se(out_ch // self.reduction, name="se_module")(y)
         if self.downsample:
             k = self.downsample_kernel_size
             x = self.conv(out_ch, k, self.stride, padding=k // 2, name="downsample_0")(x)
             x = self.norm(name="downsample_1")(x, train=train)
-        return nn.relu(y + x)
+        return relu(y + x)
 
 
 class Stem(nn.Module):
@@ -94,7 +93,7 @@ class Stem(nn.Module):
         k = self.kernel_size
         for i, w in enumerate(self.widths):
             x = self.conv(w, k, 2 if i == 0 else 1, padding=k // 2, name=f"conv{i + 1}")(x)
-            x = nn.relu(self.norm(name=f"bn{i + 1}")(x, train=train))
+            x = relu(self.norm(name=f"bn{i + 1}")(x, train=train))
         return x
 
 

@@ -1,5 +1,6 @@
 """Each layer against the torch op it mirrors, on random input, at odd sizes and stride-2 edges."""
 
+import functools
 import itertools
 
 import jax
@@ -62,6 +63,8 @@ def test_conv2d(k, s, p, d, g, hw):
     ("k", "s", "p", "g", "hw"),
     [
         (3, 1, 1, 1, (6, 7)),
+        (1, 1, 0, 1, (6, 7)),  # its weight gradient is a matmul on CPU
+        (1, 1, 0, 2, (5, 4)),
         (1, 2, 0, 1, (7, 9)),
         (1, 2, 0, 1, (8, 8)),
         (3, 2, 1, 1, (9, 8)),
@@ -76,8 +79,9 @@ def test_conv2d(k, s, p, d, g, hw):
 )
 def test_conv2d_gradients(k, s, p, g, hw):
     """Input and weight gradients equal torch's, strided and not, at every padding kind.
-    On CPU a strided conv's input gradient has its own rule (a sum of stride-1 convs:
-    ``flaxcnn.layers.conv._strided_conv``); forward mode agrees with reverse mode."""
+    On CPU convs have their own rule (``flaxcnn.layers.conv._cpu_conv_ad``: a strided
+    conv's input tangent is a sum of stride-1 convs, a 1x1 conv's weight tangent a
+    matmul); forward mode agrees with reverse mode in both arguments."""
     tconv = torch.nn.Conv2d(8, 16, k, s, 0 if p == "same" else p, groups=g, bias=True)
     x = RNG.standard_normal((2, *hw, 8), dtype=np.float32)
     xt = nchw(x).requires_grad_(True)
@@ -98,11 +102,22 @@ def test_conv2d_gradients(k, s, p, g, hw):
     close(dx, nhwc(xt.grad))
     close(dp["kernel"], tconv.weight.grad.numpy().transpose(2, 3, 1, 0))
     close(dp["bias"], tconv.bias.grad.numpy())
-    v = RNG.standard_normal(x.shape, dtype=np.float32)
-    _, jv = jax.jvp(lambda a: f(params, a), (jnp.asarray(x),), (jnp.asarray(v),))
-    # <J v, ct> == <v, J^T ct>, summed in float64
-    terms = np.float64(v) * np.float64(dx)
-    assert abs(np.sum(np.float64(jv) * np.float64(ct)) - terms.sum()) <= 1e-5 * np.abs(terms).sum()
+    _check_jvp_against_vjp(f, (params, jnp.asarray(x)), (dp, dx), ct)
+
+
+def _check_jvp_against_vjp(f, primals, cotangents_in, ct):
+    """<J v, ct> == <v, J^T ct> for a random tangent v of all of ``f``'s arguments, summed
+    in float64; ``cotangents_in`` is ``J^T ct``."""
+    v = jax.tree.map(lambda a: RNG.standard_normal(a.shape, dtype=np.float32), primals)
+    _, jv = jax.jvp(f, primals, tuple(v))
+    terms = np.concatenate(
+        [
+            (np.float64(a) * np.float64(b)).ravel()
+            for a, b in zip(jax.tree.leaves(v), jax.tree.leaves(cotangents_in), strict=True)
+        ]
+    )
+    lhs = np.sum(np.float64(jv) * np.float64(ct))
+    assert abs(lhs - terms.sum()) <= 1e-5 * np.abs(terms).sum()
 
 
 def test_strided_conv_gradients_with_many_groups():
@@ -184,6 +199,67 @@ def test_batchnorm_train_and_eval(momentum, eps):
     # Running variance uses the unbiased batch variance, as torch does.
     close(state["batch_stats"]["mean"], tbn.running_mean.numpy())
     close(state["batch_stats"]["var"], tbn.running_var.numpy())
+
+
+@pytest.mark.parametrize(("affine", "hw"), [(True, (5, 7)), (False, (4, 3))])
+def test_batchnorm_train_gradients(affine, hw):
+    """Training-mode gradients (input, scale, bias) equal torch's; the layer's own
+    derivative rule (``flaxcnn.layers.norm._batch_norm_train``) agrees with forward mode,
+    and its second derivatives with those of the plain formula."""
+    c = 6
+    tbn = torch.nn.BatchNorm2d(c, affine=affine)
+    if affine:
+        with torch.no_grad():
+            tbn.weight.uniform_(0.5, 1.5)
+            tbn.bias.normal_()
+    x = (RNG.standard_normal((3, *hw, c)) * 3 + 2).astype(np.float32)
+    xt = nchw(x).requires_grad_(True)
+    out = tbn(xt)
+    ct = RNG.standard_normal(tuple(nhwc(out).shape), dtype=np.float32)
+    out.backward(nchw(ct))
+
+    bn = layers.BatchNorm2d(use_scale=affine, use_bias=affine)
+    variables = bn.init(jax.random.key(0), jnp.asarray(x))
+    params = {}
+    if affine:
+        params = {
+            "scale": jnp.asarray(tbn.weight.detach().numpy()),
+            "bias": jnp.asarray(tbn.bias.detach().numpy()),
+        }
+
+    def f(p, v):
+        y, _ = bn.apply(
+            {"params": p, "batch_stats": variables["batch_stats"]},
+            v,
+            train=True,
+            mutable=["batch_stats"],
+        )
+        return y
+
+    _, vjp = jax.vjp(f, params, jnp.asarray(x))
+    dp, dx = vjp(jnp.asarray(ct))
+    close(dx, nhwc(xt.grad))
+    if affine:
+        close(dp["scale"], tbn.weight.grad.numpy())
+        close(dp["bias"], tbn.bias.grad.numpy())
+    _check_jvp_against_vjp(f, (params, jnp.asarray(x)), (dp, dx), ct)
+
+    def plain(v):  # the same formula, differentiated by JAX
+        xf = v.astype(jnp.float32)
+        mean = xf.mean((0, 1, 2))
+        var = jnp.square(xf - mean).mean((0, 1, 2))
+        return (v - mean) * jax.lax.rsqrt(var + bn.eps)
+
+    def loss(fn, v):
+        return jnp.sum(jnp.sin(fn(v)) * jnp.asarray(ct))
+
+    ours = functools.partial(f, {"scale": jnp.ones(c), "bias": jnp.zeros(c)} if affine else {})
+    tangent = jnp.asarray(RNG.standard_normal(x.shape, dtype=np.float32))
+    hvp = [
+        jax.jvp(jax.grad(functools.partial(loss, fn)), (jnp.asarray(x),), (tangent,))[1]
+        for fn in (ours, plain)
+    ]
+    close(hvp[0], hvp[1])
 
 
 def test_batchnorm_bf16_keeps_float32_statistics():
@@ -303,6 +379,30 @@ def test_pool_rejects_oversized_padding():
 def test_activations(name, ref):
     x = np.linspace(-8, 8, 1001, dtype=np.float32)
     close(layers.get_act(name)(jnp.asarray(x)), ref(torch.from_numpy(x)).numpy(), rtol=1e-6)
+
+
+def test_residual_relu_matches_torch_and_jax():
+    """``layers.relu`` (output-based derivative, output kept in memory on CPU): the values
+    and gradients of torch's ReLU, at 0 and NaN too, and the derivatives of ``jax.nn.relu``
+    (which, unlike torch, zeroes the gradient at NaN)."""
+    x = np.concatenate([RNG.standard_normal(20), [0.0, -0.0, np.nan, np.inf, -np.inf]])
+    x = x.astype(np.float32)
+    ct = RNG.standard_normal(x.shape).astype(np.float32)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    torch.relu(xt).backward(torch.from_numpy(ct))
+    y, vjp = jax.vjp(layers.relu, jnp.asarray(x))
+    np.testing.assert_array_equal(np.asarray(y), torch.relu(torch.from_numpy(x)).numpy())
+    np.testing.assert_array_equal(np.asarray(vjp(jnp.asarray(ct))[0]), xt.grad.numpy())
+    x, t = jnp.asarray(x[~np.isnan(x)]), jnp.asarray(ct[~np.isnan(x)])
+    for order in range(1, 3):
+        got, ref = layers.relu, jax.nn.relu
+        for _ in range(order):
+            got, ref = jax.grad(lambda v, f=got: f(v).sum()), jax.grad(lambda v, f=ref: f(v).sum())
+        np.testing.assert_array_equal(np.asarray(jax.vmap(got)(x)), np.asarray(jax.vmap(ref)(x)))
+    np.testing.assert_array_equal(
+        np.asarray(jax.jvp(layers.relu, (x,), (t,))[1]),
+        np.asarray(jax.jvp(jax.nn.relu, (x,), (t,))[1]),
+    )
 
 
 def test_unknown_activation():
