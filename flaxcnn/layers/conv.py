@@ -38,9 +38,10 @@ class Conv2d(nn.Module):
     ConvNeXt's 7x7 or Xception's separable convs, runs as
     :func:`depthwise_conv2d_shift` on CPU (``depthwise_impl='auto'``): the same result up
     to float32 summation order, without XLA:CPU's slow grouped convolutions. Also on CPU
-    only, a grouped conv of at most 64 groups runs as one conv per group, and a strided
-    conv's input gradient as one stride-1 conv per phase of the stride
-    (:func:`_cpu_conv_ad`): XLA:CPU's own versions of both are slow (docs/performance.md).
+    only, a grouped conv of at most 64 groups runs as one conv per group, a strided
+    conv's input gradient as one stride-1 conv per phase of the stride, and a 1x1 conv's
+    weight gradient as one matmul (:func:`_cpu_conv_ad`): XLA:CPU's own versions are
+    slow (docs/performance.md).
 
     Attributes:
         features: output channels (torch ``out_channels``).
@@ -143,8 +144,8 @@ def _conv(
 ) -> jax.Array:
     """An NHWC x HWIO convolution; a depthwise one as shifted slices where ``depthwise_impl``
     says so (resolved here, so a bad value fails for every conv, not only depthwise ones);
-    on CPU a grouped one as one conv per group and a strided one with
-    :func:`_strided_conv`'s gradient."""
+    on CPU a grouped one as one conv per group, and each with :func:`_cpu_conv_ad`'s
+    derivatives."""
     impl = _resolve_depthwise_impl(depthwise_impl)
     in_ch, out_ch = x.shape[-1], kernel.shape[-1]
     if impl == "shift" and groups == in_ch == out_ch and dilation == (1, 1):
