@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from functools import partial
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 from .params import shaped_param
 
@@ -61,39 +64,111 @@ class BatchNorm2d(nn.Module):
             else None
         )
 
+        dtype = self.dtype or jnp.result_type(x.dtype, self.param_dtype)
+        scale32 = None if scale is None else scale.astype(jnp.float32)
+        if train and self.axis_name is None:
+            y, mean, var = _batch_norm_train(
+                x, scale32, None if bias is None else bias.astype(dtype), self.eps, dtype
+            )
+            self._update_running(ra_mean, ra_var, mean, var, x.size // c)
+            return y
         if train:
             xf = x.astype(jnp.float32)
             axes = tuple(range(x.ndim - 1))
-            mean = jnp.mean(xf, axes)
-            # Two-pass (centred) variance: as accurate as torch's on float32 inputs.
-            mean_sq_dev = jnp.mean(jnp.square(xf - mean), axes)
-            n = x.size // c
-            if self.axis_name is not None:
-                # Equal per-device batches: the mean of per-device moments is the global one.
-                mean_all = lax.pmean(mean, self.axis_name, axis_index_groups=self.axis_index_groups)
-                # E[(x - m)^2] = E[(x - m_d)^2] + (m_d - m)^2, averaged over devices.
-                var = lax.pmean(
-                    mean_sq_dev + jnp.square(mean - mean_all),
-                    self.axis_name,
-                    axis_index_groups=self.axis_index_groups,
-                )
-                n = n * lax.psum(1, self.axis_name, axis_index_groups=self.axis_index_groups)
-                mean = mean_all
-            else:
-                var = mean_sq_dev
-            if not self.is_initializing():
-                unbiased = var * (n / jnp.maximum(n - 1, 1))
-                m = self.momentum
-                ra_mean.value = (1.0 - m) * ra_mean.value + m * mean
-                ra_var.value = (1.0 - m) * ra_var.value + m * unbiased
+            # Equal per-device batches: the mean of per-device moments is the global one.
+            mean_d = jnp.mean(xf, axes)
+            mean = lax.pmean(mean_d, self.axis_name, axis_index_groups=self.axis_index_groups)
+            # E[(x - m)^2] = E[(x - m_d)^2] + (m_d - m)^2, averaged over devices; the
+            # per-device variance is two-pass (centred), as accurate as torch's.
+            var = lax.pmean(
+                jnp.mean(jnp.square(xf - mean_d), axes) + jnp.square(mean_d - mean),
+                self.axis_name,
+                axis_index_groups=self.axis_index_groups,
+            )
+            n = (x.size // c) * lax.psum(
+                1, self.axis_name, axis_index_groups=self.axis_index_groups
+            )
+            self._update_running(ra_mean, ra_var, mean, var, n)
         else:
             mean, var = ra_mean.value, ra_var.value
+        return _normalize(x, mean, var, scale32, bias, self.eps, dtype)
 
-        mul = lax.rsqrt(var + self.eps)
-        if scale is not None:
-            mul = mul * scale.astype(jnp.float32)
-        dtype = self.dtype or jnp.result_type(x.dtype, self.param_dtype)
-        y = (x.astype(dtype) - mean.astype(dtype)) * mul.astype(dtype)
-        if bias is not None:
-            y = y + bias.astype(dtype)
-        return y
+    def _update_running(self, ra_mean, ra_var, mean, var, n):
+        """torch's update: the running variance takes the *unbiased* batch variance."""
+        if self.is_initializing():
+            return
+        unbiased = var * (n / jnp.maximum(n - 1, 1))
+        m = self.momentum
+        ra_mean.value = (1.0 - m) * ra_mean.value + m * mean
+        ra_var.value = (1.0 - m) * ra_var.value + m * unbiased
+
+
+def _normalize(x, mean, var, scale, bias, eps, dtype):
+    """``(x - mean) * rsqrt(var + eps) * scale + bias``, the per-channel factor in float32."""
+    mul = lax.rsqrt(var + eps)
+    if scale is not None:
+        mul = mul * scale
+    y = (x.astype(dtype) - mean.astype(dtype)) * mul.astype(dtype)
+    if bias is not None:
+        y = y + bias.astype(dtype)
+    return y
+
+
+def _batch_moments(x):
+    """Float32 batch mean and biased variance over all axes but the last (two-pass)."""
+    xf = x.astype(jnp.float32)
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(xf, axes)
+    return xf, mean, jnp.mean(jnp.square(xf - mean), axes)
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(3, 4))
+def _batch_norm_train(x, scale, bias, eps, dtype):
+    """Training-mode batch norm: ``(y, batch mean, biased batch variance)``.
+
+    The forward is the plain formula. The derivative is the textbook one (as in torch's
+    and cuDNN's kernels), written so that its transpose needs two reductions of the output
+    cotangent, ``sum(dy)`` and ``sum(dy * xhat)``, which are also the bias's and the
+    scale's gradients. JAX's own rule for the formula differentiates the mean and the
+    variance separately, and the variance's mean again (a term that is zero): five
+    reductions and eight passes over the map. ``scale``/``bias`` may be ``None``.
+    """
+    _, mean, var = _batch_moments(x)
+    return _normalize(x, mean, var, scale, bias, eps, dtype), mean, var
+
+
+@partial(_batch_norm_train.defjvp, symbolic_zeros=True)
+def _batch_norm_train_jvp(eps, dtype, primals, tangents):
+    x, scale, bias = primals
+    dx, dscale, dbias = tangents
+    xf, mean, var = _batch_moments(x)
+    y = _normalize(x, mean, var, scale, bias, eps, dtype)
+    axes = tuple(range(x.ndim - 1))
+    r = lax.rsqrt(var + eps)
+    xhat = (xf - mean) * r
+    k = r if scale is None else r * scale
+    # dy = k u + shift + xhat * slope, with per-channel shift and slope: each of the two
+    # broadcasts transposes to one reduction of the cotangent (sum(dy), sum(dy * xhat)),
+    # shared by the input's, the bias's and the scale's gradients.
+    terms, shift, slope = [], [], []
+    dmean = dvar = jnp.zeros_like(mean)
+    if not isinstance(dx, SymbolicZero):
+        u = dx.astype(jnp.float32)
+        # With d = x - mean: dmean = mean(u), dvar = 2 mean(d u) (sum(d) = 0), and
+        # dxhat = r (u - dmean - xhat mean(xhat u)).
+        dmean = jnp.mean(u, axes)
+        m_xu = jnp.mean(xhat * u, axes)
+        dvar = 2.0 * m_xu / r
+        terms.append(k * u)
+        shift.append(-k * dmean)
+        slope.append(-k * m_xu)
+    if bias is not None and not isinstance(dbias, SymbolicZero):
+        shift.append(dbias.astype(jnp.float32))
+    if scale is not None and not isinstance(dscale, SymbolicZero):
+        slope.append(dscale)
+    if shift:
+        terms.append(jnp.broadcast_to(functools.reduce(jnp.add, shift), y.shape))
+    if slope:
+        terms.append(xhat * functools.reduce(jnp.add, slope))
+    dy = functools.reduce(jnp.add, terms).astype(y.dtype) if terms else jnp.zeros_like(y)
+    return (y, mean, var), (dy, dmean, dvar)

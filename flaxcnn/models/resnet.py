@@ -40,6 +40,7 @@ from ..layers import (
     SqueezeExcite,
     avg_pool2d,
     check_image_input,
+    get_act,
     max_pool2d,
     relu,
     stage_info,
@@ -66,6 +67,7 @@ class BasicBlock(nn.Module):
     drop_path: float = 0.0
     avg_down: bool = False
     attn: ModuleDef | None = None
+    act: Callable[[jax.Array], jax.Array] = relu
 
     expansion: ClassVar[int] = 1
 
@@ -81,12 +83,12 @@ class BasicBlock(nn.Module):
             else self.norm
         )
         out = self.conv(self.planes, 3, self.stride, padding=1, name="conv1")(x)
-        out = relu(self.norm(name="bn1")(out, train=train))
+        out = self.act(self.norm(name="bn1")(out, train=train))
         out = self.conv(self.planes, 3, padding=1, name="conv2")(out)
         out = last_norm(name="bn2")(out, train=train)
         out = _attn(self, out)
         out = DropPath(self.drop_path, name="drop_path")(out, train=train)
-        return relu(out + _shortcut(self, x, self.planes, train))
+        return self.act(out + _shortcut(self, x, self.planes, train))
 
 
 class Bottleneck(nn.Module):
@@ -109,6 +111,7 @@ class Bottleneck(nn.Module):
     drop_path: float = 0.0
     avg_down: bool = False
     attn: ModuleDef | None = None
+    act: Callable[[jax.Array], jax.Array] = relu
 
     expansion: ClassVar[int] = 4
 
@@ -122,7 +125,7 @@ class Bottleneck(nn.Module):
             else self.norm
         )
         out = self.conv(width, 1, name="conv1")(x)
-        out = relu(self.norm(name="bn1")(out, train=train))
+        out = self.act(self.norm(name="bn1")(out, train=train))
         out = self.conv(
             width,
             3,
@@ -132,12 +135,12 @@ class Bottleneck(nn.Module):
             groups=self.groups,
             name="conv2",
         )(out)
-        out = relu(self.norm(name="bn2")(out, train=train))
+        out = self.act(self.norm(name="bn2")(out, train=train))
         out = self.conv(out_ch, 1, name="conv3")(out)
         out = last_norm(name="bn3")(out, train=train)
         out = _attn(self, out)
         out = DropPath(self.drop_path, name="drop_path")(out, train=train)
-        return relu(out + _shortcut(self, x, out_ch, train))
+        return self.act(out + _shortcut(self, x, out_ch, train))
 
 
 def _shortcut(block: BasicBlock | Bottleneck, x: jax.Array, out_ch: int, train: bool) -> jax.Array:
@@ -216,6 +219,10 @@ class ResNet(FeatureMixin, nn.Module):
             the pooled ``layer4`` features (pre-logits), and with ``global_pool=''`` the
             unpooled ``layer4`` map (timm's ``forward_features``).
         bn_eps, bn_momentum: BatchNorm settings (torch's defaults).
+        act_layer: the activation, by name (:func:`flaxcnn.layers.get_act`) or a callable
+            (timm's ``act_layer``); ``'relu'`` is :func:`flaxcnn.layers.relu`. Converted
+            weights need ReLU; a smooth one (``'silu'``) makes the gradient a continuous
+            function of the weights (the multi-host test relies on that).
         dtype: computation dtype (``jnp.bfloat16`` for mixed precision); ``param_dtype``
             the parameters' dtype. BN statistics stay float32.
     """
@@ -239,6 +246,7 @@ class ResNet(FeatureMixin, nn.Module):
     global_pool: str = "avg"
     bn_eps: float = 1e-5
     bn_momentum: float = 0.1
+    act_layer: str | Callable[[jax.Array], jax.Array] = "relu"
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
@@ -288,19 +296,20 @@ class ResNet(FeatureMixin, nn.Module):
             if self.attn_layer
             else None
         )
+        act = relu if self.act_layer == "relu" else get_act(self.act_layer)
         cifar = self.stem_type == "cifar"
         if self.stem_type == "deep":
             w = self.stem_width
             x = conv(w, 3, 2, padding=1, name="conv1_0")(x)
-            x = relu(norm(name="conv1_1")(x, train=train))
+            x = act(norm(name="conv1_1")(x, train=train))
             x = conv(w, 3, padding=1, name="conv1_3")(x)
-            x = relu(norm(name="conv1_4")(x, train=train))
+            x = act(norm(name="conv1_4")(x, train=train))
             x = conv(2 * w, 3, padding=1, name="conv1_6")(x)
         else:
             x = conv(
                 64, 3 if cifar else 7, 1 if cifar else 2, padding=1 if cifar else 3, name="conv1"
             )(x)
-        x = relu(norm(name="bn1")(x, train=train))
+        x = act(norm(name="bn1")(x, train=train))
         feats = [x]
         if not cifar:
             x = max_pool2d(x, 3, 2, padding=1)
@@ -328,6 +337,7 @@ class ResNet(FeatureMixin, nn.Module):
                     zero_init_last=self.zero_init_residual,
                     drop_path=self.drop_path_rate * idx / max(total - 1, 1),
                     avg_down=self.avg_down,
+                    act=act,
                     attn=attn,
                     name=f"layer{i + 1}_{j}",
                 )(x, train=train)

@@ -203,8 +203,9 @@ def test_batchnorm_train_and_eval(momentum, eps):
 
 @pytest.mark.parametrize(("affine", "hw"), [(True, (5, 7)), (False, (4, 3))])
 def test_batchnorm_train_gradients(affine, hw):
-    """Training-mode gradients (input, scale, bias) equal torch's, forward mode agrees with
-    reverse mode, and second derivatives equal those of the plain formula."""
+    """Training-mode gradients (input, scale, bias) equal torch's; the layer's own
+    derivative rule (``flaxcnn.layers.norm._batch_norm_train``) agrees with forward mode,
+    and its second derivatives with those of the plain formula."""
     c = 6
     tbn = torch.nn.BatchNorm2d(c, affine=affine)
     if affine:

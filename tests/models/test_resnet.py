@@ -180,3 +180,22 @@ def test_dilated_resnet_d_keeps_resolution():
     x = jnp.zeros((1, 64, 64, 3))
     feats = jax.eval_shape(lambda x: model.init_with_output(jax.random.key(0), x)[0], x)
     assert [f.shape[1] for f in feats] == [32, 16, 8, 8, 8]
+
+
+def test_act_layer_is_timms():
+    """``act_layer='silu'`` is timm's ``ResNet(act_layer=nn.SiLU)``, converted, and the
+    default stays ReLU (the converted weights' activation)."""
+    import torch
+
+    result = verify(
+        "resnet18",
+        source="timm",
+        torch_kwargs={"act_layer": torch.nn.SiLU},
+        overrides={"act_layer": "silu"},
+        sizes=[(45, 61)],
+    )
+    assert result.ok, str(result)
+    v = ResNet18().init(jax.random.key(0), X[:1])
+    y_relu = ResNet18().apply(v, X[:1])
+    assert not np.allclose(ResNet18(act_layer="silu").apply(v, X[:1]), y_relu)
+    assert np.array_equal(ResNet18(act_layer=jax.nn.relu).apply(v, X[:1]), y_relu)
