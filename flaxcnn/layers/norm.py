@@ -28,6 +28,10 @@ class BatchNorm2d(nn.Module):
       batch is normalised with the biased one, as torch does.
     * Statistics are always reduced in float32, also under bf16/fp16 compute.
 
+    In training its derivative is the textbook one (:func:`_batch_norm_train`, two
+    reductions of the output gradient), not JAX's derivative of the formula (five);
+    forward and reverse mode and higher orders all work.
+
     Variables: ``params`` ``scale``, ``bias``; ``batch_stats`` ``mean``, ``var``.
     ``train`` is explicit: batch statistics (and a running-stat update, which needs
     ``mutable=['batch_stats']``) when true, running statistics otherwise.

@@ -104,6 +104,7 @@ def test_stochastic_depth_only_in_train():
         ({"block": "huge"}, "block must be one of"),
         ({"stem_type": "tiered"}, "stem_type must be one of"),
         ({"replace_stride_with_dilation": (True,)}, "3-element"),
+        ({"act_layer": "rellu"}, "unknown activation 'rellu'; known: .*'relu'"),
     ],
 )
 def test_bad_config_is_a_clear_error(kwargs, match):
