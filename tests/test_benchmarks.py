@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -89,3 +91,60 @@ def test_largest_batch_from_a_line():
     batch, residual = run.largest_batch(rows, "torch_mib", 1000)
     assert batch == 90 and residual < 1e-9
     assert run.largest_batch(rows, "flax_mib", 1000)[0] == 47
+
+
+def _profile_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_profile", ROOT / "benchmarks" / "profile_cpu.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_profile_classifies_samples():
+    """benchmarks/profile_cpu.py sorts samples by the code they landed in: generated code
+    by how concentrated it is on a few pages, the rest by symbol and shared object."""
+    prof = _profile_module()
+    jit = "/tmp/perf-1.map"
+    gemm = [(0x7F0000001000 + i % 64, "[unknown]", jit) for i in range(90)]  # one hot page
+    fusions = [(0x7F0000100000 + 0x1000 * i, "[unknown]", jit) for i in range(5)]  # 5 pages
+    named = [
+        (1, "Eigen::internal::gemm_pack_colmajor_block<TensorImagePatchOp>", "libjax_common.so"),
+        (2, "Eigen::internal::gemm_pack_colmajor_block<TensorMap>", "libjax_common.so"),
+        (3, "_int_malloc", "/usr/lib/x86_64-linux-gnu/libc.so.6"),
+        (4, "ynn::sum_kn_fp32_avx512", "libjax_common.so"),
+        (5, "clear_page_erms", "[kernel.kallsyms]"),
+    ]
+    counts = prof.classify(gemm + fusions + named, hot_page=0.05)
+    assert counts[prof.SHARED] == 90 and counts[prof.OTHER_GEN] == 5
+    assert counts["Eigen packing: convolution patches"] == 1
+    assert counts["Eigen packing: matrices"] == 1
+    assert counts["malloc / free"] == counts["YNNPACK"] == 1
+    assert counts["kernel (page faults, scheduling)"] == 1
+    assert sum(counts.values()) == 100
+    line = "    7f6273b108ec [unknown] (/tmp/perf-17231.map)\n  d677904 ynn::sum (x (y).so)"
+    assert prof._parse_script(line) == [
+        (0x7F6273B108EC, "[unknown]", "/tmp/perf-17231.map"),
+        (0xD677904, "ynn::sum (x", "y).so"),
+    ]
+
+
+def test_profile_script_runs(tmp_path):
+    """benchmarks/profile_cpu.py end to end on a tiny model, where ``perf`` can sample."""
+    why = _profile_module().perf_usable()
+    if why:
+        pytest.skip(why)
+    out = tmp_path / "prof"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "profile_cpu.py"), "--model", "resnet18"]
+    cmd += ["--batch", "2", "--size", "32", "--steps", "1", "--warmup", "1", "--out", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    with open(out / "profile.csv") as f:
+        rows = list(csv.DictReader(f))
+    cats = {r["category"] for r in rows}
+    assert cats <= set(_profile_module().CATEGORIES) and rows
+    md = (out / "profile.md").read_text()
+    assert "| CPU s per step |" in md and "GLIBC_TUNABLES" in md
