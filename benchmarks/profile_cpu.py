@@ -75,7 +75,7 @@ SHARED, OTHER_GEN = "shared generated kernels (matmul)", "other generated code"
 CATEGORIES = [SHARED, OTHER_GEN] + [c for c, _ in _RULES] + ["other"]
 
 
-def _is_generated(sym: str, dso: str) -> bool:
+def _is_generated(dso: str) -> bool:
     return "[JIT]" in dso or ("perf-" in dso and dso.endswith(".map")) or dso == "[unknown]"
 
 
@@ -96,7 +96,7 @@ def classify(samples: list[tuple[int, str, str]], hot_page: float) -> collection
     counts: collections.Counter = collections.Counter()
     pages: collections.Counter = collections.Counter()
     for ip, sym, dso in samples:
-        if _is_generated(sym, dso):
+        if _is_generated(dso):
             pages[ip >> 12] += 1
             continue
         counts[next((c for c, test in _RULES if test(sym, dso)), "other")] += 1
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             state[0] = pair.flax_train(state[0], xj, yj)
             jax.block_until_ready(state[0])
         else:
-            pair.flax_infer(pair.variables, xj).block_until_ready()
+            pair.flax_infer(pair.infer_variables, xj).block_until_ready()
 
     def torch_step():
         if args.task == "train":

@@ -2,6 +2,7 @@
 No timing is asserted here; timing belongs in benchmarks/, not in tests."""
 
 import csv
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -80,34 +81,27 @@ def test_fold_script_runs():
     assert float(line.rsplit(" ", 1)[1]) < 1e-5, line  # relative difference
 
 
-def test_largest_batch_from_a_line():
-    import importlib.util
+def _load_script(module_name: str, filename: str):
+    """A script of benchmarks/ as a module (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(module_name, ROOT / "benchmarks" / filename)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
 
-    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
-    run = importlib.util.module_from_spec(spec)
-    sys.modules["bench_run"] = run  # dataclasses look their module up there
-    spec.loader.exec_module(run)
+
+def test_largest_batch_from_a_line():
+    run = _load_script("bench_run", "run.py")
     rows = [run.MemRow("m", b, 224, "fp32", 100 + 10 * b, 50 + 20 * b) for b in (1, 8, 16)]
     batch, residual = run.largest_batch(rows, "torch_mib", 1000)
     assert batch == 90 and residual < 1e-9
     assert run.largest_batch(rows, "flax_mib", 1000)[0] == 47
 
 
-def _profile_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "bench_profile", ROOT / "benchmarks" / "profile_cpu.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_profile_classifies_samples():
     """benchmarks/profile_cpu.py sorts samples by the code they landed in: generated code
     by how concentrated it is on a few pages, the rest by symbol and shared object."""
-    prof = _profile_module()
+    prof = _load_script("bench_profile", "profile_cpu.py")
     jit = "/tmp/perf-1.map"
     gemm = [(0x7F0000001000 + i % 64, "[unknown]", jit) for i in range(90)]  # one hot page
     fusions = [(0x7F0000100000 + 0x1000 * i, "[unknown]", jit) for i in range(5)]  # 5 pages
@@ -125,16 +119,19 @@ def test_profile_classifies_samples():
     assert counts["malloc / free"] == counts["YNNPACK"] == 1
     assert counts["kernel (page faults, scheduling)"] == 1
     assert sum(counts.values()) == 100
-    line = "    7f6273b108ec [unknown] (/tmp/perf-17231.map)\n  d677904 ynn::sum (x (y).so)"
-    assert prof._parse_script(line) == [
+    # perf script's lines; a demangled symbol may hold " (" itself: the object is the last
+    text = "    7f6273b108ec [unknown] (/tmp/perf-17231.map)\n"
+    text += "  d677904 std::_Function_handler<void (), xla::Task>::_M_invoke (/x/libjax_common.so)"
+    assert prof._parse_script(text) == [
         (0x7F6273B108EC, "[unknown]", "/tmp/perf-17231.map"),
-        (0xD677904, "ynn::sum (x", "y).so"),
+        (0xD677904, "std::_Function_handler<void (), xla::Task>::_M_invoke", "/x/libjax_common.so"),
     ]
 
 
 def test_profile_script_runs(tmp_path):
     """benchmarks/profile_cpu.py end to end on a tiny model, where ``perf`` can sample."""
-    why = _profile_module().perf_usable()
+    prof = _load_script("bench_profile", "profile_cpu.py")
+    why = prof.perf_usable()
     if why:
         pytest.skip(why)
     out = tmp_path / "prof"
@@ -145,6 +142,6 @@ def test_profile_script_runs(tmp_path):
     with open(out / "profile.csv") as f:
         rows = list(csv.DictReader(f))
     cats = {r["category"] for r in rows}
-    assert cats <= set(_profile_module().CATEGORIES) and rows
+    assert cats <= set(prof.CATEGORIES) and rows
     md = (out / "profile.md").read_text()
     assert "| CPU s per step |" in md and "GLIBC_TUNABLES" in md
