@@ -19,7 +19,7 @@ from ._registry import (
 )
 from .fold import fold_batchnorm
 from .pretrained import get_pretrained_cfg, list_pretrained
-from .xla import compiler_options
+from .xla import compiler_options, kernels, set_kernels
 
 __version__ = "0.1.0"
 
@@ -32,9 +32,11 @@ __all__ = [
     "fold_batchnorm",
     "get_model_spec",
     "get_pretrained_cfg",
+    "kernels",
     "layers",
     "list_models",
     "list_pretrained",
     "models",
     "register_model",
+    "set_kernels",
 ]

@@ -18,7 +18,14 @@ from jax import lax
 
 Padding = int | tuple[int, int] | str
 
-__all__ = ["Padding", "conv_padding", "pair", "pool_output_size", "window_taps"]
+__all__ = [
+    "Padding",
+    "conv_padding",
+    "explicit_padding",
+    "pair",
+    "pool_output_size",
+    "window_taps",
+]
 
 
 def pair(v: int | Sequence[int]) -> tuple[int, int]:
@@ -43,6 +50,25 @@ def conv_padding(padding: Padding) -> str | tuple[tuple[int, int], tuple[int, in
         if p not in ("same", "valid"):
             raise ValueError(f"padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
         return p.upper()
+    ph, pw = pair(padding)
+    return ((ph, ph), (pw, pw))
+
+
+def explicit_padding(
+    padding: Padding, size: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int]
+):
+    """Per-side padding ``((top, bottom), (left, right))`` of a torch or TF-'SAME' spec
+    for an input of spatial ``size``."""
+    if isinstance(padding, str):
+        if padding.lower() == "valid":
+            return ((0, 0), (0, 0))
+        if padding.lower() != "same":
+            raise ValueError(f"padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
+        out = []
+        for n, k, s in zip(size, kernel, stride, strict=True):
+            total = max((-(-n // s) - 1) * s + k - n, 0)  # TF: the extra pixel goes bottom/right
+            out.append((total // 2, total - total // 2))
+        return tuple(out)
     ph, pw = pair(padding)
     return ((ph, ph), (pw, pw))
 

@@ -7,17 +7,15 @@ converted model that pools differently loses accuracy silently.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
-from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ..xla import materialize
-from .padding import pair, pool_output_size, window_taps
+from ..xla import max_pool
+from .padding import pair, pool_output_size
 
 __all__ = [
     "adaptive_avg_pool2d",
@@ -60,87 +58,16 @@ def max_pool2d(
 ) -> jax.Array:
     """``torch.nn.functional.max_pool2d`` on NHWC (padding counts as -inf).
 
-    The gradient goes to one element per window, torch's: the first maximum in row-major
-    window order, never a padding position, or the last NaN if the window holds one. On CPU
-    the pool is the maximum of the window's taps as strided slices and its gradient is
-    computed by :func:`_max_pool_jvp` (the same taps and one ``select_n``), which XLA:CPU
-    runs 4-7x faster than JAX's generic ``select_and_scatter_add`` rule; elsewhere
-    ``reduce_window`` and JAX's own rule are used.
-
-    On CPU its input and output are kept in memory (:func:`flaxcnn.xla.materialize`). When
-    the pool was a ``reduce_window``, XLA:CPU otherwise handed it to YNNPACK together with
-    the convolution before it (YNNPACK's convolutions are the slow ones the compiler options
-    avoid) and, in VGG, with the whole classifier after it (VGG-16 inference, batch 8:
-    5.1 -> 2.5 s); kept since, not re-measured without them.
+    The forward is torch's on every kernel path. The gradient (:func:`flaxcnn.xla.max_pool`)
+    differs only where a window holds tied maxima: with XLA:CPU's kernels it goes to torch's
+    element (the first maximum in row-major window order, or the last NaN); on the portable
+    paths (GPU, TPU) JAX's ``reduce_window`` rule decides which tied element gets it.
     """
     k = pair(kernel_size)
     s = pair(stride if stride is not None else kernel_size)
     d = pair(dilation)
     pads = tuple(_window_padding(x.shape[1:3], k, s, pair(padding), d, ceil_mode))
-    x = materialize(x)
-    if jnp.issubdtype(x.dtype, jnp.floating) and jax.default_backend() == "cpu":
-        return materialize(_max_pool_taps(x, k, s, d, pads))
-    return materialize(_reduce_window_max(x, k, s, d, pads))
-
-
-def _reduce_window_max(x, k, s, d, pads):
-    init = -jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min
-    # Init values are NumPy scalars: JAX differentiates reduce_window only for a concrete identity.
-    return lax.reduce_window(
-        x,
-        np.array(init, x.dtype),  # concrete: JAX then picks the differentiable max-pool primitive
-        lax.max,
-        (1, *k, 1),
-        (1, *s, 1),
-        [(0, 0), *pads, (0, 0)],
-        window_dilation=(1, *d, 1),
-    )
-
-
-def _in_bounds(size: int, lo: int, k: int, s: int, d: int, out: int) -> np.ndarray:
-    """``(k, out)``: whether tap ``i`` of window ``o`` reads the input, not the padding."""
-    pos = np.arange(out)[None, :] * s + np.arange(k)[:, None] * d - lo
-    return (pos >= 0) & (pos < size)
-
-
-@partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3, 4))
-def _max_pool_taps(x, k, s, d, pads):
-    """The max of the window's taps as strided slices: one fused loop on XLA:CPU, faster
-    than its ``reduce_window`` (a 3x3/2 pool of 32x56x56x256: 5.5 ms against 33). Max
-    propagates NaN, as torch's and ``reduce_window``'s do."""
-    taps, _ = window_taps(x, k, s, d, pads, -jnp.inf)
-    return functools.reduce(jnp.maximum, taps)
-
-
-@_max_pool_taps.defjvp
-def _max_pool_jvp(k, s, d, pads, primals, tangents):
-    """Tangent = the tangent at each window's first maximum (torch's argmax).
-
-    ``which`` (int32, one per output) is all the backward pass keeps, where JAX's generic
-    rule keeps four int32 index maps; its transpose is a sum of strided pads. ``which`` is
-    materialised: XLA:CPU otherwise re-computes it from the input's taps inside the
-    transposed pads, once per window that covers an input element (ResNet's stem pool,
-    forward and backward at batch 32: 433 ms against 129).
-    """
-    (x,), (dx,) = primals, tangents
-    taps, out_hw = window_taps(x, k, s, d, pads, -jnp.inf)
-    y = functools.reduce(jnp.maximum, taps)
-    rows, cols = (
-        _in_bounds(x.shape[1 + a], pads[a][0], k[a], s[a], d[a], out_hw[a]) for a in (0, 1)
-    )
-    # torch's argmax: the first maximum (`val > max`), or the last NaN (`|| isnan(val)`).
-    which = jnp.zeros(y.shape, jnp.int32)
-    found = jnp.zeros(y.shape, bool)
-    for t, tap in enumerate(taps):
-        hit = tap == y
-        inside = np.outer(rows[t // k[1]], cols[t % k[1]])
-        if not inside.all():  # only windows at a padded edge can pick a padding position
-            hit = hit & inside[None, :, :, None]
-        which = jnp.where(jnp.isnan(tap) | (hit & ~found), t, which)
-        found = found | hit
-    which = materialize(which)
-    dtaps, _ = window_taps(dx, k, s, d, pads)
-    return y, lax.select_n(which, *dtaps)
+    return max_pool(x, k, s, d, pads)
 
 
 def avg_pool2d(

@@ -1,4 +1,4 @@
-"""XLA compiler options and one graph hint that make convolutional networks fast on CPU.
+"""XLA:CPU compiler options and one graph hint that make convolutional networks fast on CPU.
 
 Pass :func:`compiler_options` to ``jax.jit`` for anything that runs a flaxcnn model on
 CPU (flaxcnn's own train/eval steps and benchmarks do)::
@@ -40,6 +40,8 @@ import warnings
 
 import jax
 from jax import lax
+
+from ._switch import cpu_kernels
 
 __all__ = ["CPU_COMPILER_OPTIONS", "compiler_options", "materialize"]
 
@@ -87,7 +89,7 @@ def compiler_options(platform: str | None = None) -> dict[str, str] | None:
     """``jax.jit(..., compiler_options=...)`` for flaxcnn models on ``platform`` (default:
     JAX's default backend): :data:`CPU_COMPILER_OPTIONS` on CPU, ``None`` elsewhere or
     if this jaxlib does not know the options (with a warning, once)."""
-    platform = platform or jax.default_backend()
+    platform = platform or jax.default_backend()  # a compiler's options: the platform decides
     if platform != "cpu" or not _cpu_options_compile():
         return None
     return dict(CPU_COMPILER_OPTIONS)
@@ -97,7 +99,8 @@ def materialize(x: jax.Array, *, force: bool = False) -> jax.Array:
     """``x`` unchanged, behind an optimisation barrier on CPU (or when ``force``), so XLA
     keeps it in memory for the backward pass instead of re-computing its producers in
     every consumer. See the module docstring: it takes effect under
-    :func:`compiler_options`, and is free otherwise."""
-    if force or jax.default_backend() == "cpu":
+    :func:`compiler_options`, and is free otherwise. Not on the portable paths
+    (:func:`flaxcnn.xla.kernels`), which put no barrier anywhere."""
+    if force or cpu_kernels():
         return lax.optimization_barrier(x)
     return x
