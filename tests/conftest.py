@@ -43,3 +43,13 @@ def _release_memory(request):
 
         jax.clear_caches()
         gc.collect()
+
+
+@pytest.fixture(params=["auto", "portable"])
+def kernel_mode(request):
+    """Run a test under both kernel paths (``flaxcnn.kernels``): ``auto`` takes the XLA:CPU
+    lowerings here, ``portable`` exactly what GPUs and TPUs run."""
+    import flaxcnn
+
+    with flaxcnn.kernels(request.param):
+        yield request.param

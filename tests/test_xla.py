@@ -118,3 +118,88 @@ def test_options_change_no_result(resnet_grad):
     for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
         w, g = np.asarray(w), np.asarray(g)
         np.testing.assert_allclose(g, w, rtol=0, atol=1e-4 * max(1.0, float(np.abs(w).max())))
+
+
+def _primitives(jaxpr) -> list:
+    """Every equation of a closed jaxpr, sub-jaxprs (jit, custom_jvp) included."""
+    out = []
+    for eqn in jaxpr.eqns:
+        out.append(eqn)
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            out.extend(_primitives(sub))
+    return out
+
+
+def _conv_kinds(fn, *args) -> tuple[set[int], set[str]]:
+    """The ``feature_group_count`` of every convolution, and the names of the jitted
+    functions, in ``fn``'s forward-and-backward jaxpr."""
+    eqns = _primitives(jax.make_jaxpr(fn)(*args).jaxpr)
+    groups = {
+        e.params["feature_group_count"] for e in eqns if e.primitive.name == "conv_general_dilated"
+    }
+    names = {str(e.params.get("name")) for e in eqns if "jaxpr" in e.params}
+    return groups, names
+
+
+def test_kernel_switch_changes_the_implementation():
+    """``portable`` gives a MobileNet the grouped ``lax`` convolutions GPUs and TPUs run, with
+    no shifted-slice depthwise; ``auto`` on CPU the opposite. The setting is part of jit's
+    cache key: a function jitted under one mode is traced again under the other."""
+    model = flaxcnn.create_model("mobilenetv2_100", num_classes=10, drop_rate=0.0)
+    x = jnp.zeros((1, 32, 32, 3))
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+
+    def loss(v, x):
+        out, _ = model.apply(v, x, train=True, mutable=["batch_stats"])
+        return out.sum()
+
+    fn = jax.grad(loss)
+    groups, names = _conv_kinds(fn, variables, x)
+    assert "depthwise_conv2d_shift" in names and groups == {1}
+    with flaxcnn.kernels("portable"):
+        assert flaxcnn.xla.kernel_mode() == "portable" and not flaxcnn.xla.cpu_kernels()
+        groups, names = _conv_kinds(fn, variables, x)
+    assert "depthwise_conv2d_shift" not in names
+    assert max(groups) == 960  # the last block's depthwise 3x3, one grouped convolution
+
+    conv = flaxcnn.layers.Conv2d(4, 3, groups=4)
+    jitted = jax.jit(conv.apply)
+    v = {"params": {"kernel": jnp.ones((3, 3, 1, 4)), "bias": jnp.zeros(4)}}
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 5, 5, 4)), jnp.float32)
+    hlo, out = {}, {}
+    for mode in ("auto", "portable", "auto"):
+        with flaxcnn.kernels(mode):
+            hlo[mode] = jitted.lower(v, x).as_text()
+            out[mode] = jitted(v, x)
+    assert "feature_group_count = 4" in hlo["portable"]
+    assert "convolution" not in hlo["auto"]  # shifted slices
+    np.testing.assert_allclose(out["portable"], out["auto"], rtol=1e-6, atol=1e-6)
+
+
+def test_kernel_switch_from_the_environment_and_errors(monkeypatch):
+    from flaxcnn.xla import kernel_mode
+
+    assert kernel_mode() == "auto"
+    monkeypatch.setenv("FLAXCNN_KERNELS", "portable")
+    assert kernel_mode() == "portable" and not flaxcnn.xla.cpu_kernels()
+    with flaxcnn.kernels("auto"):  # Python's setting wins over the environment
+        assert flaxcnn.xla.cpu_kernels()
+    monkeypatch.setenv("FLAXCNN_KERNELS", "gpu")
+    with pytest.raises(ValueError, match=r"FLAXCNN_KERNELS='gpu'.*\('auto', 'portable'\)"):
+        kernel_mode()
+    monkeypatch.delenv("FLAXCNN_KERNELS")
+    with pytest.raises(ValueError, match="kernels='fast'"), flaxcnn.kernels("fast"):
+        pass
+    flaxcnn.set_kernels("portable")
+    try:
+        assert kernel_mode() == "portable"
+    finally:
+        flaxcnn.set_kernels(None)
+    assert kernel_mode() == "auto"
+
+
+def test_portable_paths_put_no_barrier(resnet_grad):
+    fn, args = resnet_grad
+    with flaxcnn.kernels("portable"):
+        tuned = jax.jit(fn, compiler_options=compiler_options("cpu")).lower(*args)
+        assert "optimization_barrier" not in tuned.as_text()

@@ -1,5 +1,6 @@
 """DepthwiseConv2d, and Conv2d with groups == channels, against torch's depthwise Conv2d (and
-TF 'SAME'), both implementations."""
+TF 'SAME'), both implementations, on both kernel paths (``flaxcnn.kernels``: the grouped
+``'conv'`` is split per group on CPU, one grouped ``lax`` conv on the portable path)."""
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +28,7 @@ def _layer(kind, c, k, s, padding, impl):
     [(3, 1, 1), (3, 2, 1), (5, 2, 2), (5, 2, "same"), (3, 2, "same"), (7, 1, 3)],
 )
 @pytest.mark.parametrize("size", [(13, 17), (8, 9)])
-def test_matches_torch(kind, impl, k, s, padding, size):
+def test_matches_torch(kind, impl, k, s, padding, size, kernel_mode):
     import torch
     import torch.nn.functional as F
 
@@ -52,7 +53,7 @@ def test_matches_torch(kind, impl, k, s, padding, size):
 
 
 @pytest.mark.parametrize("kind", ["DepthwiseConv2d", "Conv2d"])
-def test_shift_gradients_match_conv(kind):
+def test_shift_gradients_match_conv(kind, kernel_mode):
     x = jax.random.normal(jax.random.key(0), (2, 11, 15, 4))
     layer = {i: _layer(kind, 4, 5, 2, "same", i) for i in ("shift", "conv")}
     v = layer["conv"].init(jax.random.key(1), x)
@@ -74,7 +75,7 @@ def test_bad_impl(groups):
         Conv2d(2, 3, groups=groups, depthwise_impl="fft").init(jax.random.key(0), x)
 
 
-def test_conv2d_shift_only_for_depthwise():
+def test_conv2d_shift_only_for_depthwise(kernel_mode):
     """Grouped convs that are not depthwise, and dilated depthwise convs, must not take the
     shifted-slice path (it would give a wrong shape or wrong values): torch's results."""
     import torch
