@@ -1,5 +1,5 @@
-"""``python -m flaxcnn.convert verify resnet50 --source torchvision``: convert and prove
-equivalence. ``python -m flaxcnn.convert meta --write``: regenerate the pretrained-weights
+"""``python -m flaxcnn.convert verify resnet50 --source torchvision [--kernels portable]``:
+convert and prove equivalence. ``python -m flaxcnn.convert meta --write``: regenerate the pretrained-weights
 table (``flaxcnn/_data/pretrained_cfgs.json``) from the installed torchvision and timm."""
 
 from __future__ import annotations
@@ -17,6 +17,13 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("names", nargs="+", help="source model names (resnet50, resnext50_32x4d, ...)")
     v.add_argument("--source", choices=("torchvision", "timm"), default="torchvision")
     v.add_argument("--modes", default="eval,train", help="comma-separated: eval,train")
+    v.add_argument(
+        "--kernels",
+        choices=("auto", "portable"),
+        default=None,
+        help="kernel paths: auto (XLA:CPU's lowerings on CPU) or portable (what GPUs and TPUs "
+        "run, on any backend); default: $FLAXCNN_KERNELS, else auto",
+    )
     m = sub.add_parser("meta", help="regenerate the pretrained-weights table")
     m.add_argument("--write", action="store_true", help="write it (default: check it is current)")
     args = parser.parse_args(argv)
@@ -26,7 +33,9 @@ def main(argv: list[str] | None = None) -> int:
 
     ok = True
     for name in args.names:
-        result = verify(name, source=args.source, modes=tuple(args.modes.split(",")))
+        result = verify(
+            name, source=args.source, modes=tuple(args.modes.split(",")), kernels=args.kernels
+        )
         print(result, flush=True)
         ok &= result.ok
     print("all equivalent" if ok else "MISMATCH")

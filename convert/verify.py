@@ -13,7 +13,9 @@ identity statistics), converts it, and compares in float32 on CPU:
 * parameter counts exactly equal;
 * export back: the converted variables, perturbed as training would, go through
   :func:`flaxcnn.convert.to_torch` into the torch model (``strict=True``), whose eval
-  output then matches the Flax output within the same bound.
+  output then matches the Flax output within the same bound;
+* on the kernel paths ``kernels`` names (:func:`flaxcnn.kernels`): ``'auto'`` takes
+  XLA:CPU's lowerings on CPU, ``'portable'`` exactly what GPUs and TPUs run, on any backend.
 
 Deep residual networks at random initialisation are chaotic in train mode: BN on
 batch statistics amplifies rounding error exponentially with depth (Yang et al.,
@@ -39,6 +41,8 @@ import numpy as np
 from flax import traverse_util
 
 from .._registry import find_by_source
+from ..xla import kernel_mode
+from ..xla import kernels as kernel_paths
 from .api import from_torch
 from .core import ConversionError
 
@@ -99,6 +103,7 @@ class VerifyResult:
     torch_params: int
     flax_params: int
     checks: list[CheckResult]
+    kernels: str = "auto"
 
     @property
     def ok(self) -> bool:
@@ -106,7 +111,8 @@ class VerifyResult:
 
     def __str__(self) -> str:
         head = (
-            f"{self.source}:{self.name} -> flaxcnn {self.flax_name}: params torch {self.torch_params:,} "
+            f"{self.source}:{self.name} -> flaxcnn {self.flax_name} ({self.kernels} kernels, "
+            f"{jax.default_backend()}): params torch {self.torch_params:,} "
             f"flax {self.flax_params:,}"
             + ("" if self.torch_params == self.flax_params else "  FAIL")
         )
@@ -190,12 +196,37 @@ def verify(
     torch_kwargs: dict[str, Any] | None = None,
     overrides: dict[str, Any] | None = None,
     export: bool = True,
+    kernels: str | None = None,
 ) -> VerifyResult:
     """Compare the torch model ``name`` from ``source`` with its conversion (see module doc).
 
     ``torch_kwargs`` go to the torch constructor (over the spec's ``torch_kwargs``) and
     ``overrides`` to the flaxcnn module, for options both libraries have (e.g. dilated ResNets).
+    ``kernels``: ``'auto'`` or ``'portable'`` (:func:`flaxcnn.kernels`); ``None``, the mode
+    in force (``$FLAXCNN_KERNELS``, default ``'auto'``).
     """
+    mode = kernels or kernel_mode()
+    with kernel_paths(mode):
+        result = _verify(
+            name,
+            source,
+            sizes,
+            modes,
+            batch,
+            seed,
+            rtol,
+            stats_rtol,
+            torch_kwargs,
+            overrides,
+            export,
+        )
+    result.kernels = mode
+    return result
+
+
+def _verify(
+    name, source, sizes, modes, batch, seed, rtol, stats_rtol, torch_kwargs, overrides, export
+) -> VerifyResult:
     import torch
 
     spec = find_by_source(source, name)
