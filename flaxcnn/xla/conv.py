@@ -102,13 +102,12 @@ def _cpu_conv_ad(x, kernel, stride, padding, groups):
       a strided conv's input as a convolution of the output gradient dilated with zeros
       (``lhs_dilation``), which XLA:CPU runs in its own loop instead of Eigen, on four
       times the taps. The transpose of the phase form is ``s*s`` stride-1 convolutions and
-      a strided interleave. ResNet-50's strided 3x3 convs, batch 32, input and weight
-      gradients: 186 -> 104 ms at 56x56, 88 -> 63 ms at 28x28.
+      a strided interleave.
     * A 1x1 conv's tangent in ``kernel`` is a matmul (:func:`_pointwise_conv`), so its
       weight gradient is one matmul over the batch and the map, which XLA:CPU gives to
       YNNPACK. JAX's rule makes it a convolution over transposed copies of the input and
       the output gradient, in Eigen, which packs both into blocks before each matrix
-      multiply: batch 32, 64->256 at 56x56, 73 -> 17 ms.
+      multiply.
     """
     return _lax_conv(x, kernel, stride, padding, groups)
 
@@ -175,9 +174,9 @@ def depthwise_conv2d_shift(
     """Depthwise conv as a sum of ``kh * kw`` strided slices times per-channel weights.
 
     ``kernel`` is ``(kh, kw, 1, C)``. The same result as ``lax.conv_general_dilated`` with
-    ``feature_group_count=C`` up to float32 summation order, but XLA's CPU backend runs it
-    7-14x faster forward and 10-45x faster backward (measured on EfficientNet's
-    depthwise shapes, 3x3 and 5x5, stride 1 and 2), where grouped convs are a known weak spot.
+    ``feature_group_count=C`` up to float32 summation order; XLA:CPU runs it several times
+    faster forward and backward, grouped convolutions being its weak spot
+    (docs/performance.md).
     """
     kh, kw = kernel.shape[:2]
     taps, _ = window_taps(x, (kh, kw), stride, (1, 1), padding)

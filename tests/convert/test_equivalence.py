@@ -4,14 +4,48 @@ equivalent to the torch model it converts from, and exports back to it
 
 One test per flaxcnn model runs all its sources, so a model that converts from both
 torchvision and timm into the same module compiles once for both comparisons.
+
+Those run on the kernel paths this machine takes by default (XLA:CPU's lowerings). GPUs and
+TPUs run other implementations (``flaxcnn.kernels('portable')``: grouped ``lax`` convs,
+``reduce_window`` pooling, no barriers); one pair per family is proven on those too.
 """
 
 import pytest
 
 import flaxcnn
 from flaxcnn.convert import verify
+from flaxcnn.convert.verify import ODD_SIZE
 
 MODELS = [n for n in flaxcnn.list_models() if flaxcnn.get_model_spec(n).sources]
+
+# The pair that stands for its family on the portable paths: the cheapest one that has
+# every CPU-specific layer of the family (grouped convs: ResNeXt, SE-ResNeXt; depthwise:
+# the MobileNets, EfficientNets, ConvNeXt, Xception; max pooling: the rest).
+FAMILY_PAIRS = {
+    "resnet": ("torchvision", "resnext50_32x4d"),
+    "senet": ("timm", "legacy_seresnext26_32x4d"),
+    "efficientnet": ("torchvision", "efficientnet_b0"),
+    "efficientnet_v2": ("timm", "tf_efficientnetv2_b0"),
+    "mobilenet_v3": ("torchvision", "mobilenet_v3_large"),
+    "mobilenet_v2": ("torchvision", "mobilenet_v2"),
+    "vgg": ("torchvision", "vgg11_bn"),
+    "densenet": ("torchvision", "densenet121"),
+    "convnext": ("timm", "convnext_tiny"),
+    "inception": ("torchvision", "inception_v3"),
+    "fcn": ("torchvision", "fcn_resnet50"),
+    "resnetv2": ("timm", "resnetv2_50"),
+}
+
+
+def _family_pairs() -> dict[str, tuple[str, str]]:
+    """One (source, source name) per family with a torch source; a family missing from
+    FAMILY_PAIRS is represented by its first model, so no family is skipped."""
+    pairs = {}
+    for name in MODELS:
+        spec = flaxcnn.get_model_spec(name)
+        if spec.family not in pairs:
+            pairs[spec.family] = FAMILY_PAIRS.get(spec.family, next(iter(spec.sources.items())))
+    return pairs
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -25,3 +59,17 @@ def test_equivalent_to_torch(name):
         if modes != ["eval", "eval", "train", "train", "export"] or not result.ok:
             failures.append(f"{result}\n  checks run: {modes}")
     assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize(("source", "name"), sorted(_family_pairs().values()))
+def test_equivalent_on_portable_kernels(source, name):
+    """The implementations GPUs and TPUs run, proven on CPU: eval, train (running
+    statistics) and export, at the odd non-square size, where windows and strides meet the
+    edges unevenly; ``python -m flaxcnn.convert verify --kernels portable`` runs both sizes
+    (docs/conversion.md records it)."""
+    spec = flaxcnn.find_by_source(source, name)
+    result = verify(name, source=source, sizes=[spec.verify_size or ODD_SIZE], kernels="portable")
+    print(result)
+    assert result.kernels == "portable"
+    assert [c.mode for c in result.checks] == ["eval", "train", "export"]
+    assert result.ok, str(result)
