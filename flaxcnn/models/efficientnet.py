@@ -288,7 +288,7 @@ class EfficientNet(FeatureMixin, nn.Module):
         se_act: SE activation (default: the block's); se_gate: its gate.
         padding: ``''`` torch's symmetric padding; ``'same'`` TF 'SAME' (``tf_*`` weights).
         depthwise_impl: how depthwise convs run (:class:`~flaxcnn.layers.DepthwiseConv2d`):
-            ``'auto'`` shifted slices on CPU, where XLA's grouped conv is slow, else ``lax``.
+            ``'auto'`` as :func:`flaxcnn.kernels` says (shifted slices on XLA:CPU), else as named.
         bn_eps, bn_momentum: BatchNorm settings (torch momentum convention).
         drop_rate: dropout before the classifier; drop_path_rate: stochastic depth,
             growing linearly over the blocks (block i of n gets ``rate * i / n``).

@@ -110,7 +110,7 @@ class Xception(FeatureMixin, nn.Module):
         drop_rate: dropout before the classifier.
         bn_eps, bn_momentum: BatchNorm settings (torch's defaults, as timm's port).
         depthwise_impl: how the depthwise convs run (:class:`~flaxcnn.layers.Conv2d`):
-            ``'auto'`` shifted slices on CPU, where XLA's grouped conv is slow, else ``lax``.
+            ``'auto'`` as :func:`flaxcnn.kernels` says (shifted slices on XLA:CPU), else as named.
         dtype, param_dtype: computation and parameter dtypes.
     """
 
@@ -287,7 +287,7 @@ class XceptionAligned(FeatureMixin, nn.Module):
         drop_path_rate: stochastic depth, linear over blocks up to this rate.
         bn_eps, bn_momentum: BatchNorm settings (timm: eps 1e-3, as the TF original).
         depthwise_impl: how the depthwise convs run (:class:`~flaxcnn.layers.Conv2d`):
-            ``'auto'`` shifted slices on CPU, where XLA's grouped conv is slow, else ``lax``.
+            ``'auto'`` as :func:`flaxcnn.kernels` says (shifted slices on XLA:CPU), else as named.
         dtype, param_dtype: computation and parameter dtypes.
     """
 
