@@ -111,6 +111,10 @@ class Pair:
         self.module = module.clone(dtype=jnp.bfloat16) if self.bf16 else module
         self.size = args.size or flaxcnn.get_model_spec(name).input_size[0]
         self.tmodel = tmodel.to(device).to(memory_format=torch.channels_last)
+        if device.type == "cuda":
+            # cuDNN picks each convolution's algorithm by timing them, as torchvision's and
+            # timm's training scripts have it do; XLA autotunes its convolutions too.
+            torch.backends.cudnn.benchmark = True
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16)
         self.opt = torch.optim.SGD(self.tmodel.parameters(), lr=0.01, momentum=0.9)
         self.jdev = jax.devices()[0]
@@ -191,15 +195,24 @@ def _first(fn, sync) -> float:
 
 
 def bench_model(name: str, args, device) -> list[Row]:
+    """Both tasks against torch eager, and against ``torch.compile`` with ``--compile``."""
     import torch
 
     pair = Pair(name, args, device)
-    n = args.batch
+    rows = bench_variant(pair, "eager", pair.tmodel, args)
+    if args.compile:
+        rows += bench_variant(pair, "compile", torch.compile(pair.tmodel), args)
+    return rows
+
+
+def bench_variant(pair: Pair, variant: str, tm, args) -> list[Row]:
+    """Inference and training of ``pair`` against one torch variant ``tm`` of its model
+    (``pair.tmodel`` itself or a ``torch.compile`` of it), labelled ``variant``."""
+    import torch
+
+    device, n = pair.device, args.batch
     xt, yt, xj, yj = pair.inputs(n)
     fstate = pair.flax_state()
-    variants = [("eager", pair.tmodel)]
-    if args.compile:
-        variants.append(("compile", torch.compile(pair.tmodel)))
 
     def flax_infer():
         pair.flax_infer(pair.infer_variables, xj).block_until_ready()
@@ -210,22 +223,21 @@ def bench_model(name: str, args, device) -> list[Row]:
         jax.block_until_ready(fstate)
 
     rows = []
-    for variant, tm in variants:
-        for task, t_fn, f_fn in (
-            ("inference", lambda tm=tm: pair.torch_infer(tm, xt), flax_infer),
-            ("train", lambda tm=tm: pair.torch_train(tm, xt, yt), flax_train),
-        ):
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            t_first, f_first = _first(t_fn, pair.sync), _first(f_fn, lambda: None)
-            tt, ft = _alternate(t_fn, f_fn, pair.sync, args)
-            row = Row(name, pair.source, task, variant, n, pair.size, args.precision,
-                      n / tt, n / ft, t_first, f_first)  # fmt: skip
-            if device.type == "cuda":
-                row.torch_peak_mib = torch.cuda.max_memory_allocated() / 2**20
-                stats = pair.jdev.memory_stats() or {}
-                row.flax_peak_mib = stats.get("peak_bytes_in_use", float("nan")) / 2**20
-            rows.append(row)
+    for task, t_fn, f_fn in (
+        ("inference", lambda: pair.torch_infer(tm, xt), flax_infer),
+        ("train", lambda: pair.torch_train(tm, xt, yt), flax_train),
+    ):
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        t_first, f_first = _first(t_fn, pair.sync), _first(f_fn, lambda: None)
+        tt, ft = _alternate(t_fn, f_fn, pair.sync, args)
+        row = Row(pair.name, pair.source, task, variant, n, pair.size, args.precision,
+                  n / tt, n / ft, t_first, f_first)  # fmt: skip
+        if device.type == "cuda":
+            row.torch_peak_mib = torch.cuda.max_memory_allocated() / 2**20
+            stats = pair.jdev.memory_stats() or {}
+            row.flax_peak_mib = stats.get("peak_bytes_in_use", float("nan")) / 2**20
+        rows.append(row)
     return rows
 
 
@@ -503,7 +515,8 @@ def write_outputs(rows: list[Row], env: dict[str, str], out: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line; also how other scripts get this one's defaults."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
     p.add_argument("--batch", type=int, default=32)
@@ -535,15 +548,26 @@ def main(argv: list[str] | None = None) -> int:
         help="flaxcnn inference without BatchNorm folding (the figures before it existed)",
     )
     p.add_argument("--out", default="benchmarks/results/latest")
-    args = p.parse_args(argv)
+    return p
+
+
+def torch_device():
+    """CUDA when both torch and JAX see a GPU, else the CPU: the two frameworks share one."""
+    import torch
+
+    return torch.device(
+        "cuda" if torch.cuda.is_available() and jax.default_backend() == "gpu" else "cpu"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
 
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(
-        "cuda" if torch.cuda.is_available() and jax.default_backend() == "gpu" else "cpu"
-    )
+    device = torch_device()
     missing = [m for m in args.models if m not in flaxcnn.list_models()]
     if missing:
         print(f"skipping models not (yet) in the registry: {missing}", file=sys.stderr)

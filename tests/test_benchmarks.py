@@ -3,11 +3,14 @@ No timing is asserted here; timing belongs in benchmarks/, not in tests."""
 
 import csv
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+import flaxcnn
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -145,3 +148,78 @@ def test_profile_script_runs(tmp_path):
     assert cats <= set(prof.CATEGORIES) and rows
     md = (out / "profile.md").read_text()
     assert "| CPU s per step |" in md and "GLIBC_TUNABLES" in md
+
+
+def test_device_check_smoke(tmp_path):
+    """benchmarks/device_check.py --smoke: each part once on a tiny model, on the suite's 8
+    CPU devices (XLA_FLAGS from conftest), into CSV, markdown and figure, and exit 0."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "device_check.py"), "--smoke"]
+    cmd += ["--out", str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one torch thread, as the suite's
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "correctness PASS: 2 passed, 0 failed, 0 crashed" in res.stdout
+    out = tmp_path / "cpu"
+    with open(out / "device_check.csv") as f:
+        rows = list(csv.DictReader(f))
+    part = {p: [r for r in rows if r["part"] == p] for p in "abcd"}
+    assert [(r["item"], r["status"]) for r in part["a"] + part["b"]] == [
+        ("resnet: resnet18 (torchvision)", "pass")
+    ] * 2
+    assert float(part["b"][0]["flax"]) > 0 and float(part["b"][0]["torch"]) > 0
+    # ResNet-50's targets, evaluated on ResNet-18's (meaningless) figures
+    assert [(r["item"], r["target"]) for r in part["c"]] == [
+        ("resnet18 inference vs torch eager", ">= 1.2"),
+        ("resnet18 train vs torch eager", ">= 1.2"),
+        ("resnet18 train", ">= 3500 (H100 SXM)"),
+    ]
+    assert {r["status"] for r in part["c"][:2]} <= {"met", "not met"}
+    assert part["c"][2]["status"] == "measured"  # not an H100
+    assert [r["item"] for r in part["d"]] == [
+        "lenet5 train step on 1 device",
+        *(f"lenet5 train step on {n} devices" for n in (2, 4, 8)),
+    ]
+    assert float(part["d"][0]["value"]) == 1.0 and all(float(r["flax"]) > 0 for r in part["d"])
+    md = (out / "device_check.md").read_text()
+    assert "Hardware:" in md and "Versions:" in md
+    for r in rows:
+        assert f"| {r['item']} | **{r['status']}** |" in md
+    assert (out / "device_check.png").stat().st_size > 10_000
+    assert (out / "results.md").exists()  # run.py's own tables for part (c)
+
+
+@pytest.fixture(scope="module")
+def device_check():
+    return _load_script("bench_device_check", "device_check.py")
+
+
+def test_device_check_one_model_per_family(device_check):
+    """Every family with a torch source gets a representative, PREFERRED's names exist."""
+    reps = device_check.representatives()
+    families = {
+        flaxcnn.get_model_spec(n).family
+        for n in flaxcnn.list_models()
+        if flaxcnn.get_model_spec(n).sources
+    }
+    assert sorted(r.family for r in reps) == sorted(families)
+    for family, name in device_check.PREFERRED.items():
+        assert flaxcnn.get_model_spec(name).family == family
+    for r in reps:
+        assert flaxcnn.get_model_spec(r.model).sources[r.source] == r.source_name
+
+
+def test_device_check_budget(device_check):
+    """Parts share the time left by weight; an item starts only if it is likely to fit."""
+    now = [0.0]
+    budget = device_check.Budget(100, start=0.0, clock=lambda: now[0])
+    budget.start_part(0.5, first_guess=10)  # until 50
+    assert budget.fits()
+    now[0] = 45
+    assert not budget.fits()  # the first item is guessed at 10 s
+    budget.took(2)
+    assert budget.fits()  # the part's items take 2 s
+    now[0] = 60  # an item ran over: the next part shares what is left
+    budget.start_part(1.0)
+    assert budget.fits() and budget.part_end == 100
+    now[0] = 100
+    assert not budget.fits()
