@@ -91,6 +91,7 @@ class PrecisionResult:
             f"{self.torch_rel_err:.3g} (ratio {self.ratio:.2f}); top-1 agree flax "
             f"{self.flax_top1_agree:.2f} torch {self.torch_top1_agree:.2f}; "
             f"f32 flax-torch {self.f32_rel_diff:.2g}"
+            + ("" if self.torch_device == "cpu" else f" (torch on {self.torch_device})")
         )
 
 

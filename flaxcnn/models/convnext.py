@@ -76,7 +76,11 @@ class ConvNeXtBlock(nn.Module):
         gamma = shaped_param(
             self, "gamma", nn.initializers.constant(self.ls_init_value), (c,), self.param_dtype
         )
-        y = y * gamma.astype(y.dtype)
+        # Not cast to the compute dtype: under bf16 compute with float32 parameters the
+        # product, and so the residual stream, stays float32, as under torch autocast (its
+        # float32 layer scale promotes the branch). A bf16 stream would round away much of
+        # the small update each layer-scaled branch adds.
+        y = y * gamma
         return DropPath(self.drop_path, name="drop_path")(y, train=train) + x
 
 
@@ -147,8 +151,10 @@ class ConvNeXt(FeatureMixin, nn.Module):
             (torchvision trains T/S/B/L with 0.1/0.4/0.5/0.5; timm defaults to 0).
         ln_eps: LayerNorm epsilon (1e-6 in both torch libraries, not torch's 1e-5 default).
         depthwise_impl: how the 7x7 depthwise convs run (:class:`~flaxcnn.layers.Conv2d`):
-            ``'auto'`` shifted slices on CPU, where XLA's grouped conv is slow, else ``lax``.
-        dtype, param_dtype: computation and parameter dtypes.
+            ``'auto'`` as :func:`flaxcnn.kernels` says (shifted slices on XLA:CPU), else as named.
+        dtype, param_dtype: computation and parameter dtypes. With ``dtype=jnp.bfloat16``
+            and float32 parameters the residual stream (and so ``features_only`` maps) is
+            float32, as under torch autocast; the logits are bf16.
     """
 
     depths: Sequence[int] = (3, 3, 9, 3)
