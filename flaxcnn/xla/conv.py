@@ -179,9 +179,13 @@ def depthwise_conv2d_shift(
     (docs/performance.md).
     """
     kh, kw = kernel.shape[:2]
+    # Products summed in float32 (or wider), rounded once: a bf16 running sum of kh*kw terms
+    # doubled a trained depthwise layer's error against torch autocast's (a convolution
+    # accumulates in float32 on every backend).
+    acc = jnp.promote_types(x.dtype, jnp.float32)
     taps, _ = window_taps(x, (kh, kw), stride, (1, 1), padding)
     out = None
     for t, tap in enumerate(taps):
-        tap = tap * kernel[t // kw, t % kw, 0]
+        tap = tap.astype(acc) * kernel[t // kw, t % kw, 0].astype(acc)
         out = tap if out is None else out + tap
-    return out
+    return out.astype(jnp.result_type(x.dtype, kernel.dtype))
