@@ -48,6 +48,7 @@ from .core import ConversionError
 
 __all__ = [
     "CheckResult",
+    "compare_outputs",
     "VerifyResult",
     "build_torch_model",
     "randomize_bn",
@@ -83,7 +84,8 @@ class CheckResult:
     @property
     def ok(self) -> bool:
         stats_ok = self.stats_max_rel_diff is None or self.stats_max_rel_diff <= self.stats_bound
-        return bool(self.max_abs_diff <= self.bound and stats_ok)
+        # NaN compares false; an infinite reference would make the bound infinite.
+        return bool(np.isfinite(self.bound) and self.max_abs_diff <= self.bound and stats_ok)
 
     def __str__(self) -> str:
         s = (
@@ -274,11 +276,7 @@ def _verify(
             got = _outputs(out)
             if len(got) != len(ref):
                 raise AssertionError(f"{name}: torch returned {len(ref)} outputs, flax {len(got)}")
-            diff = max(
-                float(np.max(np.abs(g - r))) if r.size else 0.0
-                for g, r in zip(got, ref, strict=True)
-            )
-            ref_max = max(float(np.max(np.abs(r))) if r.size else 0.0 for r in ref)
+            diff, ref_max = compare_outputs(got, ref)
             check = CheckResult(mode, size, diff, ref_max, rtol * max(1.0, ref_max))
             if train and new_state is not None:
                 check.stats_max_rel_diff = _stats_diff(tmodel, new_state, report)
@@ -358,20 +356,46 @@ def _export_check(name, source, apply_eval, variables, tmodel, shape, rtol, rng)
     with torch.no_grad():
         ref = _outputs(tmodel(torch.from_numpy(x)))
     got = _outputs(apply_eval(trained, _to_device_nhwc(x)))
-    diff = max(float(np.max(np.abs(g - r))) for g, r in zip(got, ref, strict=True))
-    ref_max = max(float(np.max(np.abs(r))) for r in ref)
+    diff, ref_max = compare_outputs(got, ref)
     return CheckResult("export", tuple(shape[2:]), diff, ref_max, rtol * max(1.0, ref_max))
 
 
 def _stats_diff(tmodel, new_state, report) -> float:
     """Max relative difference of torch's updated running stats and Flax's batch_stats."""
     flat = traverse_util.flatten_dict(dict(new_state))
-    worst = 0.0
+    diffs = []
     for key, tensor in tmodel.state_dict().items():
         target = report.mapping.get(key)
         if target is None or target[0] != "batch_stats":
             continue
-        ref = tensor.detach().cpu().numpy()
-        got = np.asarray(flat[target])
-        worst = max(worst, float(np.max(np.abs(got - ref)) / max(1.0, float(np.max(np.abs(ref))))))
-    return worst
+        diff, ref_max = compare_outputs([np.asarray(flat[target])], [tensor.detach().cpu().numpy()])
+        diffs.append(diff / max(1.0, ref_max))
+    return _nan_max(diffs)
+
+
+def _nan_max(values) -> float:
+    """The largest value, NaN if any is NaN (Python's ``max`` keeps a NaN only when it
+    comes first, so a NaN after the first output would read as agreement)."""
+    values = np.asarray(list(values), np.float64)
+    return float(np.max(values)) if values.size else 0.0
+
+
+def compare_outputs(got: Sequence[np.ndarray], ref: Sequence[np.ndarray]) -> tuple[float, float]:
+    """``(max|got - ref|, max|ref|)`` over paired outputs, such that no mismatch can read as
+    agreement: a different number of outputs or a different shape (broadcasting would hide
+    it) gives an infinite difference, and a NaN anywhere (``got`` or ``ref``) a NaN one, which
+    no bound accepts. An infinity equal on both sides is no difference; any other is."""
+    if len(got) != len(ref):
+        return float("inf"), _nan_max(float(np.max(np.abs(r), initial=0.0)) for r in ref)
+    diffs, maxes = [], []
+    for g, r in zip(got, ref, strict=True):
+        g, r = np.asarray(g), np.asarray(r)
+        maxes.append(float(np.max(np.abs(r), initial=0.0)))
+        if g.shape != r.shape:
+            diffs.append(float("inf"))
+            continue
+        g64, r64 = g.astype(np.float64), r.astype(np.float64)
+        d = np.abs(g64 - r64)
+        d[np.isinf(g64) & (g64 == r64)] = 0.0  # the same infinity
+        diffs.append(float(np.max(d, initial=0.0)))
+    return _nan_max(diffs), _nan_max(maxes)
