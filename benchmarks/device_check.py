@@ -76,7 +76,8 @@ ABOUT = {
     "a": "JAX on its default device at 'highest' matmul precision, the torch reference on "
     "the CPU (TF32 off); eval, train (outputs and running statistics) and export, at the "
     "model's default size (the odd size is the CPU suite's), batch 2, random weights and "
-    "BatchNorm statistics.",
+    "BatchNorm statistics. First, which tied maximum gets a max pool's gradient on this "
+    "device: finite ties must get torch's; windows of -inf or NaN only are recorded.",
     "b": "max|bf16 - f32| / max|f32| of the output, each framework against its own float32 "
     "(torch autocast on the torch device); passes when flaxcnn's is at most twice torch's.",
     "c": "Median of alternating timed steps after warm-up; flaxcnn inference with BatchNorm "
@@ -424,7 +425,47 @@ def part_a(s: Settings, budget: Budget, report: Report, device) -> None:
         ]
 
     with exact_float32():
+        report.items("a", budget, ["max-pool ties"], lambda _: max_pool_ties())
         report.items("a", budget, s.reps(), check)
+
+
+def max_pool_ties() -> list[Check]:
+    """Which tied maximum gets a max pool's gradient here (docs/conversion.md). On an
+    accelerator this is JAX's ``reduce_window`` rule, whose choice among ties XLA leaves
+    unspecified: finite ties (ReLU zeros, equal values) must get torch's element (its first
+    maximum); windows of -inf or NaN only are recorded, torch's choice is not required."""
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 4, 29, 31)).astype(np.float32)  # NCHW, odd sizes
+    non_finite = np.round(x)
+    non_finite[non_finite < 1] = -np.inf
+    non_finite[non_finite > 1] = np.nan
+    cases = {"finite": [np.maximum(x, 0), np.round(x)], "non-finite": [non_finite]}
+    configs = ((3, 2, 1, False), (3, 2, 0, True), (2, 2, 0, False), (3, 1, 1, False))
+    checks = []
+    for label, inputs in cases.items():
+        differ = []
+        for xc in inputs:
+            for k, st, p, ceil in configs:
+                xt = torch.from_numpy(xc).requires_grad_(True)
+                out = F.max_pool2d(xt, k, st, p, ceil_mode=ceil)
+                w = torch.from_numpy(rng.standard_normal(tuple(out.shape)).astype(np.float32))
+                (out * w).sum().backward()
+                wj = jnp.asarray(w.numpy().transpose(0, 2, 3, 1))
+
+                def loss(a, k=k, st=st, p=p, ceil=ceil, wj=wj):
+                    return jnp.sum(flaxcnn.layers.max_pool2d(a, k, st, p, ceil_mode=ceil) * wj)
+
+                g = jax.jit(jax.grad(loss))(jnp.asarray(xc.transpose(0, 2, 3, 1)))
+                if not np.array_equal(np.asarray(g), xt.grad.numpy().transpose(0, 2, 3, 1)):
+                    differ.append(f"k{k} s{st} p{p}" + (" ceil" if ceil else ""))
+        status = (PASS if not differ else FAIL) if label == "finite" else MEASURED
+        note = "gradient equal to torch's" if not differ else f"differs from torch's: {differ}"
+        checks.append(Check("a", f"max-pool ties, {label}", status, target="torch's argmax",
+                            note=note))  # fmt: skip
+    return checks
 
 
 def _over_bound(c) -> float:
