@@ -23,7 +23,7 @@ def relu(x: jax.Array) -> jax.Array:
     a ResNet stage re-computed the stage's whole chain of BatchNorms, adds and ReLUs for
     each block's mask, because only the next convolution's copy of each block output was
     kept (ResNet-50 training step, batch 32: 1.06x faster, min of 12 steps;
-    docs/performance.md).
+    docs/performance-log.md).
     """
     return materialize(jnp.maximum(x, 0))
 

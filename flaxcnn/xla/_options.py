@@ -10,7 +10,7 @@ same up to float32 rounding: only which kernels XLA calls, and what it keeps in 
 between forward and backward, change.
 
 What the options do, and why (ResNet-50, batch 32, 224x224, float32, training step on a
-2-core Xeon; docs/performance.md has the figures):
+2-core Xeon; docs/performance-log.md has the figures):
 
 * XLA:CPU hands convolutions to YNNPACK by default. YNNPACK runs the weight gradient of a
   convolution as a convolution whose window is the whole feature map, 5-13x slower than

@@ -4,7 +4,7 @@
 kernels (:mod:`flaxcnn.xla._switch`; what GPUs and TPUs always run) it is one
 ``lax.conv_general_dilated`` (``feature_group_count`` for groups) with JAX's own derivatives.
 Under ``'auto'`` on CPU it takes XLA:CPU lowerings that compute the same linear map up to
-float32 summation order, because XLA:CPU's own versions are slow (docs/performance.md):
+float32 summation order, because XLA:CPU's own versions are slow (docs/performance-log.md):
 
 * a depthwise conv as ``kh * kw`` shifted slices (:func:`depthwise_conv2d_shift`);
 * a grouped conv of at most :data:`MAX_SPLIT_GROUPS` groups as one conv per group;
@@ -176,7 +176,7 @@ def depthwise_conv2d_shift(
     ``kernel`` is ``(kh, kw, 1, C)``. The same result as ``lax.conv_general_dilated`` with
     ``feature_group_count=C`` up to float32 summation order; XLA:CPU runs it several times
     faster forward and backward, grouped convolutions being its weak spot
-    (docs/performance.md).
+    (docs/performance-log.md).
     """
     kh, kw = kernel.shape[:2]
     # Products summed in float32 (or wider), rounded once: a bf16 running sum of kh*kw terms
