@@ -14,6 +14,7 @@ from .features import (
     feature_indices,
     stage_info,
 )
+from .helpers import make_divisible
 from .interpolate import interpolate
 from .layernorm import LayerNorm
 from .norm import BatchNorm2d
@@ -60,6 +61,7 @@ __all__ = [
     "hard_swish",
     "interpolate",
     "kaiming_normal_fan_out",
+    "make_divisible",
     "max_pool2d",
     "pair",
     "pool_output_size",

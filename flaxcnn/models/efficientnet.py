@@ -71,6 +71,7 @@ from ..layers import (
     SqueezeExcite,
     check_image_input,
     get_act,
+    make_divisible,
     stage_info,
 )
 
@@ -79,21 +80,6 @@ __all__ = ["BlockArgs", "EfficientNet", "decode_arch", "make_divisible", "round_
 ModuleDef = Callable[..., nn.Module]
 BLOCK_TYPES = ("ds", "dsa", "ir", "er", "cn")
 HEAD_TYPES = ("conv_bn", "pool_conv")
-
-
-def make_divisible(
-    v: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9
-) -> int:
-    """Round ``v`` to the nearest multiple of ``divisor``, never below ``round_limit * v``.
-
-    The rule of the TF reference implementations, which timm's ``make_divisible`` and
-    torchvision's ``_make_divisible`` both reproduce.
-    """
-    min_value = min_value or divisor
-    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
-    if new_v < round_limit * v:
-        new_v += divisor
-    return new_v
 
 
 def round_channels(channels: int, multiplier: float = 1.0, divisor: int = 8) -> int:

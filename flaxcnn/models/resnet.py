@@ -41,6 +41,7 @@ from ..layers import (
     avg_pool2d,
     check_image_input,
     get_act,
+    make_divisible,
     max_pool2d,
     relu,
     stage_info,
@@ -162,16 +163,6 @@ def _shortcut(block: BasicBlock | Bottleneck, x: jax.Array, out_ch: int, train: 
         x = avg_pool2d(jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0))), 2, 1)
     sc = block.conv(out_ch, 1, name="downsample_1")(x)
     return block.norm(name="downsample_2")(sc, train=train)
-
-
-def make_divisible(
-    v: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9
-) -> int:
-    """timm's channel rounding: nearest multiple of ``divisor``, at least ``min_value``,
-    bumped up one ``divisor`` if rounding lost more than ``1 - round_limit`` of ``v``."""
-    min_value = min_value or divisor
-    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
-    return new_v + divisor if new_v < round_limit * v else new_v
 
 
 def _attn(block: BasicBlock | Bottleneck, x: jax.Array) -> jax.Array:

@@ -31,10 +31,10 @@ from ..layers import (
     DropPath,
     FeatureMixin,
     check_image_input,
+    make_divisible,
     max_pool2d,
     stage_info,
 )
-from .resnet import make_divisible
 
 __all__ = ["PreActBottleneck", "ResNetV2"]
 
