@@ -24,7 +24,7 @@ import numpy as np
 
 from ..models.efficientnet import MOBILENET_V2, decode_arch
 from .core import Rules, register_rules
-from .verify import register_verify_hook
+from .verify import register_verify_hook, scale_last_bns
 
 __all__ = ["TV_LAYOUTS", "make_residual_blocks_contractive"]
 
@@ -168,15 +168,16 @@ def make_residual_blocks_contractive(model: Any, generator: Any) -> None:
     The last BN is found by registration order, which is execution order in timm's blocks
     (``bn3``/``bn2``/``bn1``) and torchvision's Sequentials alike.
     """
+    scale_last_bns(model, generator, _last_bn_of_residual_block)
+
+
+def _last_bn_of_residual_block(m: Any) -> Any:
     import torch
 
-    with torch.no_grad():
-        for m in model.modules():
-            if not (getattr(m, "has_skip", False) or getattr(m, "use_res_connect", False)):
-                continue
-            bns = [b for b in m.modules() if isinstance(b, torch.nn.modules.batchnorm._BatchNorm)]
-            c = bns[-1].num_features
-            bns[-1].weight.copy_(torch.rand(c, generator=generator) * 0.2 + 0.1)
+    if not (getattr(m, "has_skip", False) or getattr(m, "use_res_connect", False)):
+        return None
+    bns = [b for b in m.modules() if isinstance(b, torch.nn.modules.batchnorm._BatchNorm)]
+    return bns[-1] if bns else None
 
 
 for _family in ("mobilenet_v2", "mobilenet_v3", "efficientnet", "efficientnet_v2"):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .verify import register_verify_hook
+from .verify import register_verify_hook, scale_last_bns
 
 __all__ = ["make_residual_branches_contractive"]
 
@@ -22,14 +22,13 @@ def make_residual_branches_contractive(model: Any, generator: Any) -> None:
     The last BN is ``bn3`` in a bottleneck and ``bn2`` in a basic block (the ones
     torchvision's ``zero_init_residual`` zeroes).
     """
-    import torch
+    scale_last_bns(model, generator, _last_bn)
 
-    with torch.no_grad():
-        for m in model.modules():
-            last = getattr(m, "bn3", None) if hasattr(m, "conv3") else getattr(m, "bn2", None)
-            if isinstance(last, torch.nn.modules.batchnorm._BatchNorm) and hasattr(m, "conv1"):
-                c = last.num_features
-                last.weight.copy_(torch.rand(c, generator=generator) * 0.2 + 0.1)
+
+def _last_bn(m: Any) -> Any:
+    if not hasattr(m, "conv1"):
+        return None
+    return getattr(m, "bn3", None) if hasattr(m, "conv3") else getattr(m, "bn2", None)
 
 
 register_verify_hook("resnet", make_residual_branches_contractive)

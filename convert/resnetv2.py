@@ -16,21 +16,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from .verify import register_verify_hook
+from .verify import register_verify_hook, scale_last_bns
 
 __all__ = ["make_preact_branches_contractive"]
 
 
 def make_preact_branches_contractive(model: Any, generator: Any) -> None:
     """Draw the ``norm3`` weight of every pre-activation bottleneck from U(0.1, 0.3)."""
-    import torch
-
-    with torch.no_grad():
-        for m in model.modules():
-            last = getattr(m, "norm3", None)
-            if isinstance(last, torch.nn.modules.batchnorm._BatchNorm) and hasattr(m, "conv3"):
-                c = last.num_features
-                last.weight.copy_(torch.rand(c, generator=generator) * 0.2 + 0.1)
+    scale_last_bns(
+        model, generator, lambda m: getattr(m, "norm3", None) if hasattr(m, "conv3") else None
+    )
 
 
 register_verify_hook("resnetv2", make_preact_branches_contractive)

@@ -53,6 +53,7 @@ __all__ = [
     "build_torch_model",
     "randomize_bn",
     "register_verify_hook",
+    "scale_last_bns",
     "verify",
 ]
 
@@ -159,6 +160,21 @@ def randomize_bn(model, seed: int = 0):
                     m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
                     m.running_var.copy_(torch.rand(c, generator=g) * 0.5 + 0.75)
     return g
+
+
+def scale_last_bns(model, generator, last_bn: Callable[[Any], Any]) -> None:
+    """Make residual branches contractive, as trained networks have them: for every module
+    ``m`` of the torch model whose ``last_bn(m)`` is a BatchNorm (the last BN of a residual
+    branch, ``None`` elsewhere), draw that BN's weight from U(0.1, 0.3) (small, never zero,
+    so every parameter still matters). The families' verify hooks differ only in how they
+    find that BN."""
+    import torch
+
+    with torch.no_grad():
+        for m in model.modules():
+            bn = last_bn(m)
+            if isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
+                bn.weight.copy_(torch.rand(bn.num_features, generator=generator) * 0.2 + 0.1)
 
 
 def _disable_dropout(model) -> None:
