@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 import flaxcnn
 from flaxcnn.segmentation import mean_iou, pixel_accuracy
@@ -258,30 +259,9 @@ def _initial_variables(s: Setup) -> Mapping[str, Any] | None:
     def pick(new, old):
         return old if getattr(old, "shape", None) == new.shape else new
 
-    flat_new = flatten(fresh)
-    flat_old = flatten(converted)
-    merged = {k: pick(v, flat_old.get(k)) for k, v in flat_new.items()}
-    return unflatten(merged)
-
-
-def flatten(tree: Mapping[str, Any], prefix: tuple = ()) -> dict[tuple, Any]:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, Mapping):
-            out.update(flatten(v, (*prefix, k)))
-        else:
-            out[(*prefix, k)] = v
-    return out
-
-
-def unflatten(flat: Mapping[tuple, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for path, v in flat.items():
-        d = out
-        for k in path[:-1]:
-            d = d.setdefault(k, {})
-        d[path[-1]] = v
-    return out
+    flat_old = traverse_util.flatten_dict(converted)
+    merged = {k: pick(v, flat_old.get(k)) for k, v in traverse_util.flatten_dict(fresh).items()}
+    return traverse_util.unflatten_dict(merged)
 
 
 def _teacher(s: Setup):

@@ -75,15 +75,13 @@ class BatchNorm2d(nn.Module):
             self._update_running(ra_mean, ra_var, mean, var, x.size // c)
             return y
         if train:
-            xf = x.astype(jnp.float32)
-            axes = tuple(range(x.ndim - 1))
             # Equal per-device batches: the mean of per-device moments is the global one.
-            mean_d = jnp.mean(xf, axes)
+            _, mean_d, var_d = _batch_moments(x)
             mean = lax.pmean(mean_d, self.axis_name, axis_index_groups=self.axis_index_groups)
             # E[(x - m)^2] = E[(x - m_d)^2] + (m_d - m)^2, averaged over devices; the
             # per-device variance is two-pass (centred), as accurate as torch's.
             var = lax.pmean(
-                jnp.mean(jnp.square(xf - mean_d), axes) + jnp.square(mean_d - mean),
+                var_d + jnp.square(mean_d - mean),
                 self.axis_name,
                 axis_index_groups=self.axis_index_groups,
             )
