@@ -439,7 +439,7 @@ class Separable(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        x = DepthwiseConv2d(3, padding=1, use_bias=False, impl="conv", name="dw")(x)
+        x = DepthwiseConv2d(3, padding=1, use_bias=False, depthwise_impl="conv", name="dw")(x)
         return Conv2d(self.features, 1, use_bias=False, name="pw")(x)
 
 

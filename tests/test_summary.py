@@ -113,7 +113,7 @@ class Branchy(nn.Module):
     @nn.compact
     def __call__(self, x):
         x = nn.relu(Conv2d(4, 3, stride=2, padding="same", name="a")(x))
-        x = DepthwiseConv2d(5, padding=2, impl="shift", name="dw")(x)
+        x = DepthwiseConv2d(5, padding=2, depthwise_impl="shift", name="dw")(x)
         x = avg_pool2d(x, 3, 2, padding=1)
         wide = Conv2d(4, 3, padding=2, dilation=2, name="wide")(x)
         narrow = Conv2d(4, 1, name="narrow")(x)

@@ -96,7 +96,8 @@ class DepthwiseConv2d(nn.Module):
     """A depthwise ``torch.nn.Conv2d`` (``groups == in_channels == out_channels``), NHWC.
 
     Parameters are :class:`Conv2d`'s (``kernel`` ``(kh, kw, 1, C)``, ``bias``), so weights
-    convert the same way. ``impl``: ``'shift'`` computes it as shifted slices
+    convert the same way. ``depthwise_impl`` (the name :class:`Conv2d` has for it):
+    ``'shift'`` computes it as shifted slices
     (:func:`depthwise_conv2d_shift`, much faster under XLA on CPU), ``'conv'`` as a grouped
     ``lax`` convolution, ``'auto'`` (default) lets the kernel switch decide
     (:func:`flaxcnn.kernels`: ``'shift'`` on CPU, ``'conv'`` on the portable paths).
@@ -106,7 +107,7 @@ class DepthwiseConv2d(nn.Module):
     stride: int | Sequence[int] = 1
     padding: Padding = 0
     use_bias: bool = True
-    impl: str = "auto"
+    depthwise_impl: str = "auto"
     dtype: jnp.dtype | None = None
     param_dtype: jnp.dtype = jnp.float32
     kernel_init: nn.initializers.Initializer = kaiming_normal_fan_out
@@ -125,7 +126,7 @@ class DepthwiseConv2d(nn.Module):
             self.padding,
             (1, 1),
             c,
-            self.impl,
+            self.depthwise_impl,
         )
         if self.use_bias:
             y = y + shaped_param(self, "bias", self.bias_init, (c,), self.param_dtype).astype(dtype)

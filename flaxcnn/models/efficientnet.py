@@ -364,7 +364,7 @@ class EfficientNet(FeatureMixin, nn.Module):
                 stride,
                 padding="same" if same else kernel // 2,
                 use_bias=False,
-                impl=self.depthwise_impl,
+                depthwise_impl=self.depthwise_impl,
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 name=name,

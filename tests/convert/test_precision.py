@@ -6,11 +6,10 @@ max relative logit error in bf16 is at most twice torch autocast's. Top-1 agreem
 reported (``pytest -s`` prints the table), not asserted: on random weights it is decided
 by a few near-ties. Seeds are fixed, so every number is reproducible.
 
-Measured ratios (seed 0, CPU) run from 0.89 to 1.76. What flaxcnn loses beyond torch comes
-from BatchNorm2d's eval normalisation in bf16 (densenet 1.51, inception 1.76, resnet 1.31:
-0.94, 0.88, 0.93 with it computed in float32 and rounded once, as torch does) and, on CPU,
-from depthwise convs accumulating in bf16; ``test_real_weights.py`` shows both on trained
-weights.
+Measured ratios (seed 0, CPU) run from 0.69 to 1.16 (docs/conversion.md has the table). They
+were up to 1.76 (Inception v3) and 2.9 (ConvNeXt) before three layers were made to compute
+in float32 what torch autocast keeps in float32: BatchNorm's normalisation, the CPU depthwise
+conv's running sum and ConvNeXt's layer-scaled residual stream.
 
 Then the mixed-precision training contract: a ``dtype=jnp.bfloat16`` module keeps float32
 parameters and BatchNorm statistics, and its training step returns float32 gradients and

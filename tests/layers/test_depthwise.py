@@ -17,7 +17,7 @@ def _same_pad(n: int, k: int, s: int) -> tuple[int, int]:
 
 def _layer(kind, c, k, s, padding, impl):
     if kind == "DepthwiseConv2d":
-        return DepthwiseConv2d(k, s, padding=padding, impl=impl)
+        return DepthwiseConv2d(k, s, padding=padding, depthwise_impl=impl)
     return Conv2d(c, k, s, padding=padding, groups=c, depthwise_impl=impl)
 
 
@@ -69,7 +69,7 @@ def test_shift_gradients_match_conv(kind, kernel_mode):
 def test_bad_impl(groups):
     x = jnp.zeros((1, 8, 8, 2))
     with pytest.raises(ValueError, match="impl must be"):
-        DepthwiseConv2d(3, impl="fft").init(jax.random.key(0), x)
+        DepthwiseConv2d(3, depthwise_impl="fft").init(jax.random.key(0), x)
     # On Conv2d too, depthwise (groups=2 here) or not (groups=1): a typo fails on any model.
     with pytest.raises(ValueError, match="impl must be"):
         Conv2d(2, 3, groups=groups, depthwise_impl="fft").init(jax.random.key(0), x)
