@@ -28,9 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._registry import ModelSpec, find_by_source
+from .._registry import find_by_source
 from .api import from_torch
-from .verify import _HOOKS, build_torch_model, randomize_bn
+from .verify import no_drop, random_torch_model
 
 __all__ = [
     "Logits",
@@ -38,7 +38,6 @@ __all__ = [
     "compare_bf16",
     "flax_logits",
     "main_output",
-    "random_torch_model",
     "rel_err",
     "top1_agreement",
     "torch_logits",
@@ -93,20 +92,6 @@ class PrecisionResult:
             f"f32 flax-torch {self.f32_rel_diff:.2g}"
             + ("" if self.torch_device == "cpu" else f" (torch on {self.torch_device})")
         )
-
-
-def random_torch_model(name: str, *, source: str, seed: int = 0) -> tuple[ModelSpec, Any]:
-    """The torch model ``verify`` compares against: random init under ``seed``, every
-    BatchNorm randomised and the family's verify hook applied; eval mode."""
-    import torch
-
-    spec = find_by_source(source, name)
-    torch.manual_seed(seed)
-    tmodel = build_torch_model(name, source, **spec.torch_kwargs).float()
-    g = randomize_bn(tmodel, seed)
-    if spec.family in _HOOKS:
-        _HOOKS[spec.family](tmodel, g)
-    return spec, tmodel.eval()
 
 
 def main_output(y: Any) -> np.ndarray:
@@ -200,7 +185,7 @@ def compare_bf16(
         inputs: NHWC float32 batch to use instead of random inputs (e.g. preprocessed
             photos); ``size`` and ``batch`` are then read from it.
         model: a torch model (e.g. with trained weights) to use as is, instead of
-            :func:`random_torch_model`'s.
+            :func:`~flaxcnn.convert.verify.random_torch_model`'s.
 
     Dropout and stochastic depth are off on the Flax side (eval mode ignores them anyway;
     the rates are zeroed as ``verify`` does, so the module is the one it checks).
@@ -208,9 +193,9 @@ def compare_bf16(
     if model is None:
         spec, tmodel = random_torch_model(name, source=source, seed=seed)
     else:
-        spec, tmodel = find_by_source(source, name), model.eval()
-    no_drop = {f: 0.0 for f in spec.fields if f.endswith(("drop_rate", "drop_path_rate"))}
-    module, variables = from_torch(name, tmodel, source=source, **no_drop)
+        spec, tmodel = find_by_source(source, name), model
+    tmodel.eval()
+    module, variables = from_torch(name, tmodel, source=source, **no_drop(spec))
 
     if inputs is None:
         h, w = size or spec.input_size[:2]

@@ -51,6 +51,8 @@ __all__ = [
     "compare_outputs",
     "VerifyResult",
     "build_torch_model",
+    "no_drop",
+    "random_torch_model",
     "randomize_bn",
     "register_verify_hook",
     "scale_last_bns",
@@ -139,6 +141,30 @@ def build_torch_model(name: str, source: str, **kwargs: Any):
 
         return timm.create_model(name, pretrained=False, **kwargs)
     raise ValueError(f"unknown source {source!r}")
+
+
+def random_torch_model(
+    name: str, *, source: str, seed: int = 0, torch_kwargs: dict[str, Any] | None = None
+):
+    """``(spec, torch model)``: the model :func:`verify` compares against. Random init under
+    ``seed``, every BatchNorm randomised (:func:`randomize_bn`) and the family's verify hook
+    applied; ``torch_kwargs`` go to the builder over the spec's."""
+    import torch
+
+    spec = find_by_source(source, name)
+    torch.manual_seed(seed)
+    tmodel = build_torch_model(
+        name, source, **{**spec.torch_kwargs, **(torch_kwargs or {})}
+    ).float()
+    g = randomize_bn(tmodel, seed)
+    if spec.family in _HOOKS:
+        _HOOKS[spec.family](tmodel, g)
+    return spec, tmodel
+
+
+def no_drop(spec) -> dict[str, float]:
+    """The spec's dropout and drop-path rates set to 0 (module overrides)."""
+    return {f: 0.0 for f in spec.fields if f.endswith(("drop_rate", "drop_path_rate"))}
 
 
 def randomize_bn(model, seed: int = 0):
@@ -247,21 +273,13 @@ def _verify(
 ) -> VerifyResult:
     import torch
 
-    spec = find_by_source(source, name)
-    torch.manual_seed(seed)
-    tmodel = build_torch_model(
-        name, source, **{**spec.torch_kwargs, **(torch_kwargs or {})}
-    ).float()
-    g = randomize_bn(tmodel, seed)
-    if spec.family in _HOOKS:
-        _HOOKS[spec.family](tmodel, g)
+    spec, tmodel = random_torch_model(name, source=source, seed=seed, torch_kwargs=torch_kwargs)
     h, w, c = spec.input_size
     sizes = list(sizes) if sizes is not None else [(h, w), spec.verify_size or ODD_SIZE]
 
     # Stochastic regularisers off, so train mode is deterministic on both sides.
-    no_drop = {f: 0.0 for f in spec.fields if f.endswith(("drop_rate", "drop_path_rate"))}
     module, variables, report = from_torch(
-        name, tmodel, source=source, strict=False, **{**no_drop, **(overrides or {})}
+        name, tmodel, source=source, strict=False, **{**no_drop(spec), **(overrides or {})}
     )
     if not report.ok:  # what strict conversion would raise, without converting twice
         raise ConversionError(str(report), report)
