@@ -24,7 +24,15 @@ from . import (  # noqa: F401
 )
 from .api import from_torch, load_torch_weights, read_state_dict
 from .checkpoint import load_checkpoint
-from .core import ConversionReport, Rules, convert_state_dict, register_rules, torch_key_to_flax
+from .core import (
+    ConversionReport,
+    Mismatch,
+    Rules,
+    Transform,
+    convert_state_dict,
+    register_rules,
+    torch_key_to_flax,
+)
 from .errors import CheckpointError, ConversionError
 from .export import to_torch
 from .verify import VerifyResult, register_verify_hook, verify
@@ -33,7 +41,9 @@ __all__ = [
     "CheckpointError",
     "ConversionError",
     "ConversionReport",
+    "Mismatch",
     "Rules",
+    "Transform",
     "VerifyResult",
     "convert_state_dict",
     "from_torch",

@@ -7,5 +7,5 @@ from __future__ import annotations
 from .core import Rules, nchw_flatten_linear, register_rules
 
 register_rules(
-    "alexnet", Rules(transforms=[(r"^params/classifier_1/kernel$", *nchw_flatten_linear(6, 6))])
+    "alexnet", Rules(transforms=[nchw_flatten_linear(r"^params/classifier_1/kernel$", 6, 6)])
 )

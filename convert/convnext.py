@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .core import Rules, register_rules
+from .core import Rules, Transform, register_rules
 from .verify import register_verify_hook
 
 __all__ = ["TORCHVISION_RULES", "randomize_layer_norm_and_scale"]
@@ -42,7 +42,11 @@ TORCHVISION_RULES = Rules(
     ],
     # (C, 1, 1) -> (C,), and back for export
     transforms=[
-        (r"/gamma$", lambda a: np.asarray(a).reshape(-1), lambda a: np.asarray(a).reshape(-1, 1, 1))
+        Transform(
+            r"/gamma$",
+            lambda a: np.asarray(a).reshape(-1),
+            lambda a: np.asarray(a).reshape(-1, 1, 1),
+        )
     ],
 )
 register_rules("convnext", TORCHVISION_RULES, source="torchvision")

@@ -27,7 +27,9 @@ from .errors import ConversionError
 
 __all__ = [
     "ConversionReport",
+    "Mismatch",
     "Rules",
+    "Transform",
     "convert_state_dict",
     "default_transform",
     "get_rules",
@@ -45,6 +47,46 @@ _DROPPED = ("num_batches_tracked",)
 
 
 @dataclasses.dataclass(frozen=True)
+class Transform:
+    """How one family's variable differs from the default layout change.
+
+    Attributes:
+        pattern: regex searched in the ``'/'``-joined Flax path (``params/conv_head/kernel``).
+        fn: torch array -> Flax array, replacing the default transpose.
+        inverse: Flax array -> torch array, for :func:`flaxcnn.convert.to_torch`; ``None``
+            when the family cannot be exported.
+    """
+
+    pattern: str
+    fn: Callable[[np.ndarray], np.ndarray]
+    inverse: Callable[[np.ndarray], np.ndarray] | None = None
+
+    def matches(self, flax_path: str) -> bool:
+        return re.search(self.pattern, flax_path) is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class Mismatch:
+    """A tensor that maps onto a variable of another shape.
+
+    ``key`` is the name on the side being read, ``target`` the name it maps to;
+    ``got`` is the shape read (after the layout change), ``want`` the shape there.
+    ``sides`` names the two sides in messages (``('weights', 'model')``).
+    """
+
+    key: str
+    target: str
+    got: tuple[int, ...]
+    want: tuple[int, ...]
+    sides: tuple[str, str] = ("weights", "model")
+
+    def __str__(self) -> str:
+        return (
+            f"{self.key} -> {self.target}: {self.sides[0]} {self.got}, {self.sides[1]} {self.want}"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
 class Rules:
     """Family-specific conversion rules, applied before the generic mapping.
 
@@ -53,9 +95,8 @@ class Rules:
             (``re.sub``), e.g. ``(r"^features\\.", "backbone.")``.
         ignore: regexes of torch keys that have no Flax counterpart by design
             (e.g. buffers that the Flax model computes on the fly).
-        transforms: ``(regex on the '/'-joined Flax path, fn[, inverse])``; ``fn`` maps the
-            torch array to the Flax layout, replacing the default transpose, and the
-            optional ``inverse`` maps it back (needed by :func:`flaxcnn.convert.to_torch`).
+        transforms: :class:`Transform` records: variables whose layout change is not the
+            default transpose (the first whose pattern matches applies).
         config: ``fn(state_dict) -> {field: value}``, module fields the weights decide
             beyond ``num_classes``/``in_chans`` (e.g. whether auxiliary heads are present);
             it sees the source's own key names.
@@ -63,12 +104,17 @@ class Rules:
 
     renames: Sequence[tuple[str, str]] = ()
     ignore: Sequence[str] = ()
-    transforms: Sequence[tuple] = ()
+    transforms: Sequence[Transform] = ()
     config: Callable[[Mapping[str, np.ndarray]], dict[str, Any]] | None = None
 
-    def transform_for(self, flax_path: str) -> tuple | None:
-        """The first ``transforms`` entry whose regex matches ``flax_path``."""
-        return next((t for t in self.transforms if re.search(t[0], flax_path)), None)
+    def __post_init__(self) -> None:
+        bad = [t for t in self.transforms if not isinstance(t, Transform)]
+        if bad:
+            raise TypeError(f"Rules.transforms takes Transform records, got {bad[0]!r}")
+
+    def transform_for(self, flax_path: str) -> Transform | None:
+        """The first :class:`Transform` whose pattern matches ``flax_path``."""
+        return next((t for t in self.transforms if t.matches(flax_path)), None)
 
     def ignores(self, key: str) -> bool:
         return key.rsplit(".", 1)[-1] in _DROPPED or any(re.search(p, key) for p in self.ignore)
@@ -106,11 +152,15 @@ def get_rules(family: str | None, source: str | None = None) -> Rules:
 
 @dataclasses.dataclass
 class ConversionReport:
-    """What did and did not fit. Paths are ``collection/module/.../leaf``."""
+    """What did and did not fit. Paths are ``collection/module/.../leaf``.
+
+    ``missing`` and ``unexpected`` list names; ``mismatched`` lists :class:`Mismatch`
+    records (key, target, both shapes), formatted only when printed.
+    """
 
     missing: list[str] = dataclasses.field(default_factory=list)
     unexpected: list[str] = dataclasses.field(default_factory=list)
-    mismatched: list[str] = dataclasses.field(default_factory=list)
+    mismatched: list[Mismatch] = dataclasses.field(default_factory=list)
     mapping: dict[str, FlaxPath] = dataclasses.field(default_factory=dict)
     direction: str = "torch->flax"
 
@@ -136,7 +186,7 @@ class ConversionReport:
             (f"unexpected ({src}s with no {dst})", self.unexpected),
             ("shape mismatch", self.mismatched),
         ):
-            shown = "\n    ".join(items[:25]) + (
+            shown = "\n    ".join(map(str, items[:25])) + (
                 f"\n    ... and {len(items) - 25} more" if len(items) > 25 else ""
             )
             parts.append(f"  {title}: {len(items)}" + (f"\n    {shown}" if items else ""))
@@ -193,15 +243,14 @@ def leaves_by_module(paths) -> dict[tuple[str, FlaxPath], set[str]]:
     return out
 
 
-def nchw_flatten_linear(
-    h: int, w: int
-) -> tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]:
-    """Transform (and its inverse) for a Linear that follows a flatten of an ``(N, C, h, w)`` map.
+def nchw_flatten_linear(pattern: str, h: int, w: int) -> Transform:
+    """The :class:`Transform` of a Linear (matched by ``pattern``) that follows a flatten
+    of an ``(N, C, h, w)`` map.
 
     torch flattens channel-major (c, h, w); an NHWC model flattens (h, w, c). The
     transform permutes the torch weight's input axis accordingly and transposes it to
     Flax's ``(in, out)``, so the model needs no transpose at run time; the inverse
-    undoes both for export. Use as ``(regex, *nchw_flatten_linear(h, w))``.
+    undoes both for export.
     """
 
     def fn(a: np.ndarray) -> np.ndarray:
@@ -214,7 +263,7 @@ def nchw_flatten_linear(
         n_in, out = k.shape
         return k.reshape(h, w, n_in // (h * w), out).transpose(3, 2, 0, 1).reshape(out, n_in)
 
-    return fn, inverse
+    return Transform(pattern, fn, inverse)
 
 
 def convert_state_dict(
@@ -245,26 +294,20 @@ def convert_state_dict(
             continue
         arr = np.asarray(state_dict[key])
         custom = rules.transform_for(joined)
-        arr = custom[1](arr) if custom else default_transform(target[-1], arr)
+        arr = custom.fn(arr) if custom else default_transform(target[-1], arr)
         want = shapes[target]
         if tuple(arr.shape) != tuple(want.shape):
-            report.mismatched.append(
-                f"{key} -> {joined}: weights {tuple(arr.shape)}, model {tuple(want.shape)}"
-            )
+            report.mismatched.append(Mismatch(key, joined, tuple(arr.shape), tuple(want.shape)))
             continue
         # A fresh numpy copy (never alias torch memory), then a plain device transfer:
         # casting with jnp, or even ``jnp.asarray`` of a numpy array (a ``jit(stage)``
         # per distinct shape in JAX 0.10), compiles a kernel per shape (70 for EfficientNet-B0).
         flat[target] = jax.device_put(np.array(arr, dtype=want.dtype, copy=True))
 
+    mis_shaped = {m.target for m in report.mismatched}
     report.missing = sorted(
-        "/".join(p) for p in shapes if p not in flat and p not in _mismatched_targets(report)
+        j for j in ("/".join(p) for p in shapes if p not in flat) if j not in mis_shaped
     )
     if strict and not report.ok:
         raise ConversionError(str(report), report)
     return traverse_util.unflatten_dict(flat), report
-
-
-def _mismatched_targets(report: ConversionReport) -> set[FlaxPath]:
-    bad = {m.split(" -> ", 1)[0] for m in report.mismatched}
-    return {report.mapping[k] for k in bad}

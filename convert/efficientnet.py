@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..models.efficientnet import MOBILENET_V2, decode_arch
-from .core import Rules, register_rules
+from .core import Rules, Transform, register_rules
 from .verify import register_verify_hook, scale_last_bns
 
 __all__ = ["TV_LAYOUTS", "make_residual_blocks_contractive"]
@@ -109,7 +109,7 @@ def _mobilenet_v3_rules() -> Rules:
             (r"^classifier\.3\.", "classifier."),
         ],
         transforms=[
-            (
+            Transform(
                 r"^params/conv_head/kernel$",
                 lambda a: np.asarray(a).T[None, None],  # Linear (out, in) -> 1x1 conv HWIO
                 lambda k: np.asarray(k)[0, 0].T,  # and back, for export

@@ -14,7 +14,7 @@ import numpy as np
 from flax import traverse_util
 
 from .._registry import find_by_source
-from .core import ConversionReport, default_transform, get_rules, leaves_by_module
+from .core import ConversionReport, Mismatch, default_transform, get_rules, leaves_by_module
 from .errors import ConversionError
 
 __all__ = ["to_torch"]
@@ -84,16 +84,16 @@ def to_torch(
         arr = np.asarray(flat[target], dtype=np.float32)
         custom = rules.transform_for(joined)
         if custom is not None:
-            if len(custom) < 3:
+            if custom.inverse is None:
                 raise ConversionError(
                     f"{spec.family}: {joined} has a conversion transform without an inverse; export is not supported"
                 )
-            arr = custom[2](arr)
+            arr = custom.inverse(arr)
         else:
             arr = default_transform(target[-1], arr, inverse=True)
         if tuple(arr.shape) != tuple(ref.shape):
             report.mismatched.append(
-                f"{joined} -> {key}: variables {tuple(arr.shape)}, torch {tuple(ref.shape)}"
+                Mismatch(joined, key, tuple(arr.shape), tuple(ref.shape), ("variables", "torch"))
             )
             continue
         out[key] = torch.from_numpy(np.array(arr, copy=True)).to(ref.dtype)

@@ -10,7 +10,7 @@ from .core import Rules, nchw_flatten_linear, register_rules
 register_rules(
     "googlenet",
     Rules(
-        transforms=[(r"^params/aux[12]/fc1/kernel$", *nchw_flatten_linear(4, 4))],
+        transforms=[nchw_flatten_linear(r"^params/aux[12]/fc1/kernel$", 4, 4)],
         config=lambda sd: {"aux_logits": any(k.startswith("aux1.") for k in sd)},
     ),
 )

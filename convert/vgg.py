@@ -7,5 +7,5 @@ from __future__ import annotations
 from .core import Rules, nchw_flatten_linear, register_rules
 
 register_rules(
-    "vgg", Rules(transforms=[(r"^params/classifier_0/kernel$", *nchw_flatten_linear(7, 7))])
+    "vgg", Rules(transforms=[nchw_flatten_linear(r"^params/classifier_0/kernel$", 7, 7)])
 )

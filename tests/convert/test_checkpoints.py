@@ -9,6 +9,7 @@ import flaxcnn
 from flaxcnn.convert import (
     CheckpointError,
     ConversionError,
+    Rules,
     from_torch,
     load_checkpoint,
     load_torch_weights,
@@ -164,6 +165,17 @@ def test_mismatched_checkpoint_lists_all_three_groups(tv_resnet18):
     assert "shape mismatch" in msg and "layer2.0.conv2.weight" in msg and "(5, 5, 128, 128)" in msg
     report = e.value.report
     assert len(report.missing) == 1 and len(report.unexpected) == 1 and len(report.mismatched) == 1
+    # The mis-shaped tensor is a record, not a string to parse: its variable is not also
+    # reported missing.
+    (m,) = report.mismatched
+    assert (m.key, m.target) == ("layer2.0.conv2.weight", "params/layer2_0/conv2/kernel")
+    assert (m.got, m.want) == ((5, 5, 128, 128), (3, 3, 128, 128))
+    assert m.target not in report.missing
+
+
+def test_rules_take_transform_records():
+    with pytest.raises(TypeError, match="Transform records"):
+        Rules(transforms=[(r"/gamma$", lambda a: a)])
 
 
 def test_non_strict_returns_report_and_keeps_init(tv_resnet18):

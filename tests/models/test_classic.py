@@ -177,7 +177,9 @@ def test_nchw_flatten_linear():
     c, h, w, out = 3, 2, 4, 5
     x = rng.standard_normal((c, h, w))
     weight = rng.standard_normal((out, c * h * w))
-    fn, inverse = nchw_flatten_linear(h, w)
+    t = nchw_flatten_linear("^params/fc$", h, w)
+    fn, inverse = t.fn, t.inverse
+    assert t.matches("params/fc") and not t.matches("params/fc2")
     kernel = fn(weight)
     np.testing.assert_allclose(x.transpose(1, 2, 0).reshape(-1) @ kernel, weight @ x.reshape(-1))
     np.testing.assert_array_equal(inverse(kernel), weight)
