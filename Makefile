@@ -9,7 +9,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
-	$(PIP) install -c constraints.txt -e '.[convert,train,bench,test]'
+	$(PIP) install -c constraints.txt -e '.[convert,train,bench,clip,test]'
 	touch $@
 
 demo: $(VENV)/.installed
