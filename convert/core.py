@@ -32,6 +32,7 @@ __all__ = [
     "Transform",
     "convert_state_dict",
     "default_transform",
+    "example_inputs",
     "get_rules",
     "leaves_by_module",
     "nchw_flatten_linear",
@@ -81,9 +82,8 @@ class Mismatch:
     sides: tuple[str, str] = ("weights", "model")
 
     def __str__(self) -> str:
-        return (
-            f"{self.key} -> {self.target}: {self.sides[0]} {self.got}, {self.sides[1]} {self.want}"
-        )
+        where = self.key if self.key == self.target else f"{self.key} -> {self.target}"
+        return f"{where}: {self.sides[0]} {self.got}, {self.sides[1]} {self.want}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,11 +198,18 @@ class ConversionReport:
         return f"{what}:\n" + "\n".join(parts)
 
 
+def example_inputs(module: Any, input_shape: Sequence[int]) -> tuple[jax.Array, ...]:
+    """The arguments ``module.init`` takes: ``module.example_inputs(input_shape)`` where the
+    module defines it (CLIP: images and token ids), else one zero image batch."""
+    make = getattr(module, "example_inputs", None)
+    return tuple(make(input_shape)) if make is not None else (jnp.zeros(input_shape, jnp.float32),)
+
+
 def variable_shapes(
     module: Any, input_shape: Sequence[int]
 ) -> dict[FlaxPath, jax.ShapeDtypeStruct]:
     """Flattened ``{(collection, *path): ShapeDtypeStruct}`` of ``module``, without computing."""
-    shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros(input_shape, jnp.float32))
+    shapes = jax.eval_shape(module.init, jax.random.key(0), *example_inputs(module, input_shape))
     return traverse_util.flatten_dict(dict(shapes))
 
 

@@ -63,7 +63,19 @@ def to_torch(
     leaves_at = leaves_by_module(flat)
     kwargs = {**_head_config(spec, rules, flat, leaves_at), **(torch_kwargs or {})}
     if source == "torchvision":
-        kwargs.pop("in_chans", None)  # torchvision models are 3-channel only
+        in_chans = kwargs.pop("in_chans", 3)  # torchvision models are 3-channel only
+        if in_chans != 3 and reference is None:
+            other = (
+                "use source='timm' (timm models take in_chans), or "
+                if "timm" in spec.sources
+                else ""
+            )
+            raise ConversionError(
+                f"{name}: the variables take {in_chans}-channel input, but torchvision's "
+                f"{name} has no in_chans argument (3 channels only); {other}build the torch "
+                f"model, replace its first conv {spec.first_conv!r} by a {in_chans}-channel one "
+                "and pass its state_dict() as reference="
+            )
     if reference is None:
         reference = build_torch_model(name, source, **kwargs).state_dict()
 

@@ -8,14 +8,15 @@ exit status 2, with nothing written.
 from __future__ import annotations
 
 import argparse
-import shutil
+import dataclasses
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 import flaxcnn
+
+from .pretrained import PretrainedCfg, PretrainedUnavailable, UnknownWeightTag
 
 __all__ = ["main"]
 
@@ -40,7 +41,8 @@ def _cmd_summary(args) -> None:
 
 
 def _load_torch(source: str, name: str, weights: str | None, checkpoint: str | None):
-    """The torch model with the requested weights (tag or file), for the parity check."""
+    """``(torch model, state dict, PretrainedCfg or None)`` of the requested weights (tag
+    or file), for the parity check."""
     from .convert import read_state_dict
     from .convert.verify import build_torch_model
 
@@ -56,7 +58,7 @@ def _load_torch(source: str, name: str, weights: str | None, checkpoint: str | N
         import torch
 
         model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=False)
-        return model, sd
+        return model, sd, None
     spec = flaxcnn.find_by_source(source, name)
     cfg = flaxcnn.get_pretrained_cfg(spec.name, weights or True)
     if cfg.source != source:
@@ -66,7 +68,7 @@ def _load_torch(source: str, name: str, weights: str | None, checkpoint: str | N
     sd = _fetch_state_dict(cfg)
     model = build_torch_model(name, source)
     model.load_state_dict(sd)
-    return model, sd
+    return model, sd, cfg
 
 
 def _cmd_convert(args) -> None:
@@ -79,9 +81,9 @@ def _cmd_convert(args) -> None:
         raise CliError(f"expected <source>:<name>, e.g. torchvision:resnet50, got {args.model!r}")
     source, name = args.model.split(":", 1)
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.force:
-        raise CliError(f"{out} exists and is not empty (use --force to replace it)")
-    tmodel, sd = _load_torch(source, name, args.weights, args.checkpoint)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
+        raise CliError(f"{out} exists and is not an empty folder (use --force to replace it)")
+    tmodel, sd, cfg = _load_torch(source, name, args.weights, args.checkpoint)
     module, variables = from_torch(name, sd, source=source)
     # Parity check with the real weights: one random image, eval mode.
     h, w, c = flaxcnn.find_by_source(source, name).input_size
@@ -90,29 +92,66 @@ def _cmd_convert(args) -> None:
         ref = tmodel.eval()(torch.from_numpy(x)).numpy()
     got = np.asarray(module.apply(variables, x.transpose(0, 2, 3, 1)))
     diff, bound = float(np.abs(got - ref).max()), 1e-4 * max(1.0, float(np.abs(ref).max()))
+    if diff > bound:
+        raise CliError(
+            f"the converted model does not match the torch model: max|Δ|={diff:.3g} > {bound:.3g}"
+        )
     spec = flaxcnn.find_by_source(source, name)
     config = {k: getattr(module, k) for k in ("num_classes", "in_chans") if k in spec.fields}
-    tmp = Path(tempfile.mkdtemp(prefix=".flaxcnn-convert-"))
-    try:
-        save_converted(
-            tmp / "entry", spec.name, config, variables, {"source": source, "source_name": name}
-        )
-        if out.exists():
-            shutil.rmtree(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(tmp / "entry"), out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    extra = {"source": source, "source_name": name}
+    if cfg is not None:  # converted from a tag: predict and get_pretrained_cfg know its transform
+        extra["pretrained_cfg"] = dataclasses.asdict(cfg)
+    save_converted(out, spec.name, config, variables, extra)
     print(f"converted {source}:{name} -> {out} (flaxcnn {spec.name}, {config})")
-    print(f"parity: max|Δ|={diff:.3g} (bound {bound:.3g}) {'OK' if diff <= bound else 'MISMATCH'}")
-    if diff > bound:
-        raise CliError("the converted model does not match the torch model")
+    print(f"parity: max|Δ|={diff:.3g} (bound {bound:.3g}) OK")
+
+
+def _preprocessing(model: str, local: Path, num_classes: int) -> PretrainedCfg:
+    """The eval transform for local weights: the one recorded with them (``flaxcnn convert
+    --weights``, the cache); else the model's default tag's; for a model without published
+    weights, torchvision's classification transform at the model's input size (resize to
+    8/7 of the crop, bilinear, ImageNet mean and std). A guess is said on stderr."""
+    from .pretrained import recorded_cfg
+
+    cfg = recorded_cfg(local)
+    if cfg is not None:
+        return cfg
+    try:
+        cfg = flaxcnn.get_pretrained_cfg(model)
+        what = f"{cfg.full_name}'s"
+    except UnknownWeightTag:
+        h, w, c = flaxcnn.get_model_spec(model).input_size
+        cfg = PretrainedCfg(
+            name=model,
+            tag="local",
+            source="local",
+            source_name=model,
+            source_tag=str(local),
+            default=False,
+            url=None,
+            hf_hub_id=None,
+            num_classes=num_classes,
+            input_size=(h, w, c),
+            resize_size=int(min(h, w) / 0.875),
+            crop_pct=0.875,
+            interpolation="bilinear",
+            mean=(0.485, 0.456, 0.406),
+            std=(0.229, 0.224, 0.225),
+            top1=None,
+            top5=None,
+            license=None,
+            recipe=None,
+        )
+        what = f"ImageNet's usual ({cfg.resize_size} px, crop {h}x{w}, bilinear)"
+    print(f"flaxcnn: note: {local} records no preprocessing; using {what}", file=sys.stderr)
+    return cfg
 
 
 def _cmd_predict(args) -> None:
     from PIL import Image, UnidentifiedImageError
 
     from .preprocess import decode_predictions, preprocess
+    from .pretrained import _local_path
 
     images = []
     for path in args.images:
@@ -121,9 +160,18 @@ def _cmd_predict(args) -> None:
                 images.append(im.convert("RGB"))
         except (OSError, UnidentifiedImageError) as e:
             raise CliError(f"cannot read image {path}: {e}") from None
+    base, _, tag = args.model.partition(".")
+    flaxcnn.get_model_spec(base)
+    if tag and args.pretrained and args.pretrained != tag:
+        raise CliError(
+            f"--model {args.model} names the weight tag {tag!r} and --pretrained other weights; "
+            f"give one: --model {args.model} alone, or --model {base} --pretrained {args.pretrained}"
+        )
+    local = _local_path(base, args.pretrained) if args.pretrained else None
+    # A tag is checked before any download or conversion.
+    cfg = None if local else flaxcnn.get_pretrained_cfg(args.model, args.pretrained or True)
     module, variables = flaxcnn.create_model(args.model, pretrained=args.pretrained or True)
-    tag = args.pretrained if args.pretrained else True
-    cfg = flaxcnn.get_pretrained_cfg(args.model, tag if "." not in args.model else None)
+    cfg = cfg or _preprocessing(base, local, getattr(module, "num_classes", 0))
     batch = np.stack([preprocess(im, cfg) for im in images])
     logits = module.apply(variables, batch)
     for path, top in zip(args.images, decode_predictions(logits, k=args.top), strict=True):
@@ -150,25 +198,39 @@ def main(argv: list[str] | None = None) -> int:
         "--weights", help="weight tag (IMAGENET1K_V2, a1_in1k, ...); default: the default tag"
     )
     g.add_argument("--checkpoint", help="a local .pth/.safetensors file")
-    p.add_argument("--out", required=True)
+    p.add_argument(
+        "--out",
+        required=True,
+        help="folder for variables.safetensors + config.json; load it with "
+        "`create_model(name, pretrained=OUT)` or `flaxcnn predict --pretrained OUT`",
+    )
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
-    p.set_defaults(fn=_cmd_convert)
+    p.set_defaults(fn=_cmd_convert, tag_option="--weights")
     p = sub.add_parser("predict", help="top-k classes of images with pretrained weights")
     p.add_argument("images", nargs="+")
     p.add_argument("--model", required=True)
-    p.add_argument("--pretrained", help="weight tag or local checkpoint (default: the default tag)")
+    p.add_argument(
+        "--pretrained",
+        metavar="TAG_OR_PATH",
+        help="weight tag (default: the default tag), a folder written by `flaxcnn convert`, "
+        "or a torch checkpoint (.pth/.pt/.bin/.safetensors)",
+    )
     p.add_argument("--top", type=int, default=5)
-    p.set_defaults(fn=_cmd_predict)
+    p.set_defaults(fn=_cmd_predict, tag_option="--pretrained")
     args = parser.parse_args(argv)
     try:
         args.fn(args)
     except (CliError, ValueError, TypeError, KeyError, OSError, RuntimeError) as e:
-        print(f"flaxcnn: error: {_one_line(e)}", file=sys.stderr)
+        print(f"flaxcnn: error: {_one_line(e, getattr(args, 'tag_option', None))}", file=sys.stderr)
         return 2
     return 0
 
 
-def _one_line(e: Exception) -> str:
+def _one_line(e: Exception, option: str | None) -> str:
+    """The error in one line, in command-line terms where it has them (``option`` is the
+    one that took a weight tag)."""
+    if isinstance(e, (PretrainedUnavailable, UnknownWeightTag)):
+        return e.message(cli=option or "--pretrained")
     report = getattr(e, "report", None)
     if report is not None and not report.ok:
         return f"{str(e).splitlines()[0].rstrip(':')}: {report.one_line()}"

@@ -1,13 +1,18 @@
 """The flaxcnn command, offline: its outputs and its one-line error paths."""
 
+import dataclasses
 import json
+import os
+import stat
 
+import chex
 import numpy as np
 import pytest
 import skimage.data
 import torch
 from PIL import Image
 
+import flaxcnn
 from flaxcnn import cli, pretrained
 from flaxcnn.convert.verify import build_torch_model
 
@@ -64,6 +69,27 @@ def test_convert_checkpoint(tmp_path, capsys):
     module, variables = pretrained.load_converted(out_dir)
     assert module.num_classes == 10
     np.testing.assert_array_equal(variables["params"]["fc"]["bias"], t.fc.bias.detach().numpy())
+    # Written with the user's permissions, and loadable as a user would try.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert stat.S_IMODE(out_dir.stat().st_mode) == 0o777 & ~mask
+    for f in out_dir.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~mask, f
+    module2, variables2 = flaxcnn.create_model("resnet18", pretrained=str(out_dir))
+    assert module2 == module
+    chex.assert_trees_all_equal(variables2, variables)
+    Image.new("RGB", (40, 30)).save(tmp_path / "img.png")
+    code, out, err = run(
+        capsys,
+        "predict",
+        str(tmp_path / "img.png"),
+        "--model",
+        "resnet18",
+        "--pretrained",
+        str(out_dir),
+    )
+    assert code == 0, err
+    assert len(out.splitlines()) == 6 and out.splitlines()[1].split()[1] in map(str, range(10))
 
 
 def test_convert_weight_tag(tmp_path, capsys, offline_weights):
@@ -78,6 +104,10 @@ def test_convert_weight_tag(tmp_path, capsys, offline_weights):
     )
     assert code == 0, err
     assert (tmp_path / "o" / "variables.safetensors").is_file()
+    # The tag's preprocessing is recorded with the weights, for predict --pretrained o.
+    assert pretrained.recorded_cfg(tmp_path / "o") == flaxcnn.get_pretrained_cfg(
+        "resnet18.IMAGENET1K_V1"
+    )
 
 
 def test_predict(tmp_path, capsys, offline_weights):
@@ -87,6 +117,123 @@ def test_predict(tmp_path, capsys, offline_weights):
     assert code == 0, err
     lines = out.strip().splitlines()
     assert lines[0] == str(path) and len(lines) == 4 and "%" in lines[1]
+
+
+@pytest.fixture(scope="module")
+def local_r18(tmp_path_factory):
+    """A random-init torchvision ResNet-18 as .pth and as torch-named .safetensors, and an image."""
+    from safetensors.torch import save_file
+
+    d = tmp_path_factory.mktemp("local")
+    sd = build_torch_model("resnet18", "torchvision").state_dict()
+    torch.save(sd, d / "r18.pth")
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(d / "r18.safetensors"))
+    Image.fromarray(skimage.data.chelsea()).save(d / "chelsea.jpg")
+    return d
+
+
+@pytest.mark.parametrize("form", ["r18.pth", "ABSOLUTE.safetensors"])
+def test_predict_with_a_local_checkpoint(local_r18, capsys, monkeypatch, form):
+    """The issue's command, ``flaxcnn predict chelsea.jpg --model resnet18 --pretrained
+    r18.pth``, relative to the working directory, and with an absolute path."""
+    monkeypatch.chdir(local_r18)
+    path = str(local_r18 / "r18.safetensors") if form.startswith("ABSOLUTE") else form
+    code, out, err = run(
+        capsys, "predict", "chelsea.jpg", "--model", "resnet18", "--pretrained", path, "--top", "2"
+    )
+    assert code == 0, err
+    assert out.splitlines()[0] == "chelsea.jpg" and len(out.splitlines()) == 3
+    assert (
+        err == f"flaxcnn: note: {path} records no preprocessing; using resnet18.IMAGENET1K_V1's\n"
+    )
+
+
+@pytest.fixture
+def no_network(tmp_path, monkeypatch):
+    """Offline with empty caches: the probe answers False, nothing may download."""
+    import torch.hub
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("FLAXCNN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(pretrained, "_reachable", lambda url, timeout=None: False)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+
+
+@pytest.mark.parametrize(
+    ("argv", "matches"),
+    [
+        (
+            ["predict", "IMG", "--model", "resnet18", "--pretrained", "V9"],
+            (
+                "unknown weight tag for resnet18 'V9'; its tags: IMAGENET1K_V1, a1_in1k,",
+                "(flaxcnn list 'resnet18.*' --pretrained lists them); --pretrained also takes a "
+                "local checkpoint file or a folder written by `flaxcnn convert`",
+            ),
+        ),
+        (
+            ["predict", "IMG", "--model", "resnet18", "--pretrained", "missing.pth"],
+            ("no such checkpoint file or folder: missing.pth",),
+        ),
+        (
+            ["predict", "IMG", "--model", "resnet18", "--pretrained", "EMPTY"],
+            ("holds neither converted weights",),
+        ),
+        (
+            ["predict", "IMG", "--model", "resnet18.a1_in1k", "--pretrained", "r18.pth"],
+            ("give one: --model resnet18.a1_in1k alone, or --model resnet18 --pretrained r18.pth",),
+        ),
+        (
+            ["predict", "IMG", "--model", "resnet18.a1_in1k"],
+            (
+                "huggingface.co is unreachable",
+                "pass --model resnet18 --pretrained /path/to/model.safetensors; or copy a Hugging "
+                "Face cache (HF_HOME) that holds it here; HF_HUB_OFFLINE=1 skips the network check",
+            ),
+        ),
+        (
+            ["predict", "IMG", "--model", "resnet18"],
+            ("pass --model resnet18 --pretrained /path/to/resnet18-f37072fd.pth",),
+        ),
+        (
+            ["convert", "torchvision:resnet18", "--weights", "IMAGENET1K_V1", "--out", "OUT"],
+            (
+                "download.pytorch.org is unreachable (offline?) and it is not cached; download "
+                "https://download.pytorch.org/models/resnet18-f37072fd.pth on a connected machine",
+                "or pass --checkpoint /path/to/resnet18-f37072fd.pth",
+            ),
+        ),
+        (
+            ["convert", "torchvision:resnet18", "--weights", "V9", "--out", "OUT"],
+            ("--checkpoint takes a local checkpoint file",),
+        ),
+    ],
+    ids=[
+        "unknown-tag",
+        "missing-file",
+        "empty-folder",
+        "tag-and-path",
+        "offline-timm",
+        "offline-torchvision",
+        "convert-offline",
+        "convert-unknown-tag",
+    ],
+)
+def test_pretrained_errors_speak_cli(tmp_path, capsys, no_network, argv, matches):
+    """Weights errors on the command line: one line, in the command's own syntax."""
+    Image.new("RGB", (8, 8)).save(tmp_path / "img.png")
+    (tmp_path / "empty").mkdir()
+    subst = {"IMG": str(tmp_path / "img.png"), "OUT": str(tmp_path / "out")}
+    subst["EMPTY"] = str(tmp_path / "empty")
+    code, out, err = run(capsys, *[subst.get(a, a) for a in argv])
+    assert code == 2 and not out
+    assert err.startswith("flaxcnn: error: ") and len(err.strip().splitlines()) == 1
+    for match in matches:
+        assert match in err
+    assert "pretrained=" not in err and "list_models" not in err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
 
 
 @pytest.mark.parametrize(
@@ -121,3 +268,25 @@ def test_errors_are_one_line_and_write_nothing(tmp_path, capsys, offline_weights
     assert err.startswith("flaxcnn: error: ") and len(err.strip().splitlines()) == 1
     assert match in err
     assert not (tmp_path / "out").exists()
+
+
+def test_predict_preprocessing_for_local_weights(tmp_path, capsys):
+    """Recorded with the weights, else the model's default tag's, else ImageNet's usual."""
+    cfg = flaxcnn.get_pretrained_cfg("resnet18.a1_in1k")
+    pretrained.save_converted(
+        tmp_path / "o", "resnet18", {}, {}, {"pretrained_cfg": dataclasses.asdict(cfg)}
+    )
+    assert cli._preprocessing("resnet18", tmp_path / "o", 1000) == cfg
+    assert capsys.readouterr().err == ""
+    assert cli._preprocessing("resnet18", tmp_path / "r18.pth", 1000) == (
+        flaxcnn.get_pretrained_cfg("resnet18")
+    )
+    assert "using resnet18.IMAGENET1K_V1's" in capsys.readouterr().err
+    lite = cli._preprocessing("efficientnet_lite1", tmp_path / "lite1.pth", 1000)
+    assert (lite.input_size, lite.resize_size, lite.interpolation) == (
+        (240, 240, 3),
+        274,
+        "bilinear",
+    )
+    assert lite.mean == (0.485, 0.456, 0.406) and lite.std == (0.229, 0.224, 0.225)
+    assert "using ImageNet's usual (274 px, crop 240x240, bilinear)" in capsys.readouterr().err

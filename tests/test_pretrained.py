@@ -3,8 +3,16 @@
 
 import json
 import logging
+import os
+import shutil
+import socket
+import stat
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
 
-import jax
+import chex
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -12,7 +20,7 @@ import torch
 
 import flaxcnn
 from flaxcnn import pretrained
-from flaxcnn.convert import CheckpointError, ConversionError
+from flaxcnn.convert import CheckpointError, ConversionError, from_torch, to_torch
 from flaxcnn.convert.verify import build_torch_model
 
 
@@ -73,6 +81,18 @@ def test_unknown_tag_suggests():
         flaxcnn.get_pretrained_cfg("resnet50", "a1_in1K")
 
 
+def test_unknown_tag_lists_the_models_tags_and_the_right_function(cache):
+    with pytest.raises(pretrained.UnknownWeightTag) as e:
+        flaxcnn.create_model("resnet18", pretrained="IMAGENET1K_V9")
+    msg = str(e.value)
+    assert "(did you mean 'IMAGENET1K_V1'?)" in msg and "its tags: IMAGENET1K_V1, a1_in1k," in msg
+    assert "flaxcnn.list_pretrained('resnet18.*')" in msg and "list_models" not in msg
+    assert "pretrained= also takes a local checkpoint file or a folder" in msg
+    assert len(msg.splitlines()) == 1
+    with pytest.raises(pretrained.UnknownWeightTag, match="no pretrained weights are known"):
+        flaxcnn.create_model("lenet5", pretrained=True)
+
+
 def test_create_model_pretrained_through_the_cache(cache, fake_download):
     module, variables = flaxcnn.create_model("resnet18", pretrained=True)
     assert fake_download == ["resnet18.IMAGENET1K_V1"]
@@ -95,7 +115,7 @@ def test_create_model_pretrained_through_the_cache(cache, fake_download):
     module2, variables2 = flaxcnn.create_model("resnet18.IMAGENET1K_V1")
     assert fake_download == ["resnet18.IMAGENET1K_V1"]
     assert module2 == module
-    jax.tree.map(np.testing.assert_array_equal, variables2, variables)
+    chex.assert_trees_all_equal(variables2, variables)
 
 
 def test_timm_tag(cache, fake_download):
@@ -226,3 +246,280 @@ def test_unknown_override_with_pretrained(cache, fake_download):
     with pytest.raises(TypeError, match="unknown argument"):
         flaxcnn.create_model("resnet18", pretrained=True, num_class=3)
     assert fake_download == []
+
+
+# -- Local weights: every form a user has, through pretrained= --
+
+
+@pytest.fixture(scope="module")
+def r18(tmp_path_factory):
+    """A random-init torchvision ResNet-18 in each local form: ``.pth``, torch-named
+    ``.safetensors``, a Hugging Face style folder, a converted folder as ``flaxcnn convert
+    --out`` writes it, and converted variables alone."""
+    from safetensors.torch import save_file
+
+    d = tmp_path_factory.mktemp("r18")
+    torch.manual_seed(0)
+    t = build_torch_model("resnet18", "torchvision")
+    sd = t.state_dict()
+    torch.save(sd, d / "r18.pth")
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(d / "r18.safetensors"))
+    (d / "hf").mkdir()
+    shutil.copy(d / "r18.safetensors", d / "hf" / "model.safetensors")
+    module, variables = from_torch("resnet18", t, source="torchvision")
+    config = {"num_classes": 1000, "in_chans": 3}
+    pretrained.save_converted(d / "out_r18", "resnet18", config, variables)
+    (d / "bare").mkdir()
+    shutil.copy(d / "out_r18" / "variables.safetensors", d / "bare" / "weights.safetensors")
+    return SimpleNamespace(dir=d, module=module, variables=variables)
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        "r18.pth",  # relative to the working directory, as typed on a command line
+        "r18.safetensors",
+        "ABS",  # str(absolute path to r18.pth)
+        "out_r18",  # a bare folder name: not a tag, and it exists
+        "out_r18/variables.safetensors",
+        "out_r18/config.json",
+        "PATH",  # pathlib.Path of out_r18
+        "hf",
+        "bare/weights.safetensors",  # converted variables without their config.json
+    ],
+)
+def test_local_weights_in_every_form(r18, cache, monkeypatch, form):
+    monkeypatch.chdir(r18.dir)
+    arg = {"ABS": str(r18.dir / "r18.pth"), "PATH": r18.dir / "out_r18"}.get(form, form)
+    module, variables = flaxcnn.create_model("resnet18", pretrained=arg)
+    assert module == r18.module
+    chex.assert_trees_all_equal(variables, r18.variables)
+    assert not cache.exists()  # local weights are not copied into the cache
+
+
+def test_local_folder_adapts_head_and_input(r18):
+    module, variables = flaxcnn.create_model(
+        "resnet18", pretrained=r18.dir / "out_r18", num_classes=10, in_chans=1
+    )
+    assert (module.num_classes, module.in_chans) == (10, 1)
+    assert variables["params"]["fc"]["kernel"].shape == (512, 10)
+    np.testing.assert_allclose(
+        variables["params"]["conv1"]["kernel"],
+        np.asarray(r18.variables["params"]["conv1"]["kernel"]).sum(2, keepdims=True),
+        rtol=1e-6,
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "arg", "error", "match"),
+    [
+        ("resnet18", "nothere.pth", CheckpointError, "no such checkpoint file or folder: nothere"),
+        ("resnet18", "EMPTY", CheckpointError, "holds neither converted weights"),
+        ("resnet18", "out_r19", pretrained.UnknownWeightTag, "unknown weight tag .* 'out_r19'"),
+        ("resnet34", "out_r18", ConversionError, "holds converted resnet18 weights, not resnet34"),
+        ("resnet18.a1_in1k", "r18.pth", ValueError, "names the weight tag 'a1_in1k'"),
+        (
+            "resnet18.a1_in1k",
+            "IMAGENET1K_V1",
+            ValueError,
+            "give one: create_model.'resnet18.a1_in1k'. alone",
+        ),
+        ("resnet18", "TRUNCATED", CheckpointError, r"converted weights\) is unreadable"),
+        ("resnet18", "r34.pth", ConversionError, "r34.pth does not fit resnet18 .closest"),
+    ],
+)
+def test_local_weights_errors(r18, tmp_path, monkeypatch, name, arg, error, match):
+    monkeypatch.chdir(r18.dir)
+    (tmp_path / "empty").mkdir()
+    trunc = tmp_path / "trunc"
+    trunc.mkdir()
+    shutil.copy(r18.dir / "out_r18" / "config.json", trunc)
+    (trunc / "variables.safetensors").write_bytes(
+        (r18.dir / "out_r18" / "variables.safetensors").read_bytes()[:4000]
+    )
+    if arg == "r34.pth":
+        torch.save(build_torch_model("resnet34", "torchvision").state_dict(), tmp_path / arg)
+    arg = {"EMPTY": tmp_path / "empty", "TRUNCATED": trunc, "r34.pth": tmp_path / arg}.get(arg, arg)
+    with pytest.raises(error, match=match):
+        flaxcnn.create_model(name, pretrained=arg)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_converted_files_get_the_users_permissions(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        entry = pretrained.save_converted(
+            tmp_path / "entry", "resnet18", {}, {"params": {"b": np.zeros(2, np.float32)}}
+        )
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o777 & ~umask
+    assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in entry.iterdir()} == {
+        "config.json": 0o666 & ~umask,
+        "variables.safetensors": 0o666 & ~umask,
+    }
+
+
+def test_in_chans_export_says_torchvision_has_none(r18):
+    """torchvision's models are 3-channel only: a clear error naming the ways out, and each
+    way out works (timm's in_chans, or the user's own first conv as the reference)."""
+    import timm
+
+    _, variables = flaxcnn.create_model("resnet18", pretrained=r18.dir / "out_r18", in_chans=1)
+    with pytest.raises(
+        ConversionError,
+        match=r"torchvision's resnet18 has no in_chans argument .*source='timm'.*reference=",
+    ):
+        to_torch("resnet18", variables, source="torchvision")
+    timm.create_model("resnet18", in_chans=1).load_state_dict(
+        to_torch("resnet18", variables, source="timm")
+    )
+    tv = build_torch_model("resnet18", "torchvision")
+    tv.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+    tv.load_state_dict(
+        to_torch("resnet18", variables, source="torchvision", reference=tv.state_dict())
+    )
+
+
+# -- Offline: fail within seconds with the way out, and load what is cached --
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No network: the reachability probe answers False and records what it was asked."""
+    probed = []
+
+    def unreachable(url, timeout=None):
+        probed.append(url)
+        return False
+
+    monkeypatch.setattr(pretrained, "_reachable", unreachable)
+    return probed
+
+
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache, and HF_HUB_OFFLINE unset (the suite sets it)."""
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    return tmp_path / "hf"
+
+
+@pytest.fixture
+def torch_hub(tmp_path, monkeypatch):
+    import torch.hub
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("downloaded although offline")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    return tmp_path / "hub"
+
+
+def _never(*args, **kwargs):
+    raise AssertionError("timm asked for weights although offline")
+
+
+def test_offline_timm_fails_fast_and_names_hf_hub_offline(cache, offline, hf_cache, monkeypatch):
+    import timm
+
+    monkeypatch.setattr(timm, "create_model", _never)
+    t0 = time.perf_counter()
+    with pytest.raises(pretrained.PretrainedUnavailable) as e:
+        flaxcnn.create_model("resnet18.a1_in1k")
+    assert time.perf_counter() - t0 < 3  # not huggingface_hub's ~50 s of retries
+    assert offline == ["https://huggingface.co"]
+    msg = str(e.value)
+    assert "huggingface.co is unreachable" in msg and "HF_HUB_OFFLINE=1" in msg
+    assert "https://huggingface.co/timm/resnet18.a1_in1k" in msg
+    assert "create_model('resnet18', pretrained='/path/to/model.safetensors')" in msg
+
+    # With HF_HUB_OFFLINE set there is not even a probe.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(pretrained.PretrainedUnavailable, match="HF_HUB_OFFLINE is set"):
+        flaxcnn.create_model("resnet18.a1_in1k")
+    assert offline == ["https://huggingface.co"]
+
+
+def test_offline_timm_loads_a_cached_weight(cache, offline, hf_cache):
+    """A file in the Hugging Face cache loads through timm with the hub unreachable."""
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    torch.manual_seed(3)
+    t = build_torch_model("resnet18", "timm")
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = hf_cache / "models--timm--resnet18.a1_in1k"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    save_file(
+        {k: v.contiguous() for k, v in t.state_dict().items()},
+        str(repo / "snapshots" / commit / "model.safetensors"),
+    )
+    _, variables = flaxcnn.create_model("resnet18.a1_in1k")
+    np.testing.assert_array_equal(variables["params"]["fc"]["bias"], t.fc.bias.detach().numpy())
+    assert constants.HF_HUB_OFFLINE is False  # offline only for that call
+
+
+def test_offline_torchvision_fails_fast(cache, offline, torch_hub):
+    t0 = time.perf_counter()
+    with pytest.raises(pretrained.PretrainedUnavailable) as e:
+        flaxcnn.create_model("resnet18", pretrained=True)
+    assert time.perf_counter() - t0 < 3
+    assert offline == ["https://download.pytorch.org/models/resnet18-f37072fd.pth"]
+    assert str(e.value) == (
+        "could not fetch resnet18.IMAGENET1K_V1: download.pytorch.org is unreachable "
+        "(offline?) and it is not cached; download "
+        "https://download.pytorch.org/models/resnet18-f37072fd.pth on a connected machine and "
+        f"put it at {torch_hub / 'checkpoints' / 'resnet18-f37072fd.pth'} or load it with "
+        "create_model('resnet18', pretrained='/path/to/resnet18-f37072fd.pth')"
+    )
+
+
+def test_offline_torchvision_loads_a_cached_weight(cache, offline, torch_hub):
+    (torch_hub / "checkpoints").mkdir(parents=True)
+    t = build_torch_model("resnet18", "torchvision")
+    torch.save(t.state_dict(), torch_hub / "checkpoints" / "resnet18-f37072fd.pth")
+    _, variables = flaxcnn.create_model("resnet18", pretrained=True)
+    np.testing.assert_array_equal(variables["params"]["fc"]["bias"], t.fc.bias.detach().numpy())
+    assert offline == []  # cached: no probe
+
+
+def test_reachability_probe(monkeypatch):
+    for var in ("https", "http", "all", "no"):
+        monkeypatch.delenv(f"{var}_proxy", raising=False)
+        monkeypatch.delenv(f"{var.upper()}_PROXY", raising=False)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        assert pretrained._reachable(f"http://127.0.0.1:{port}/x", timeout=2)
+        # Through the proxy the environment sets, whatever the host.
+        monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{port}")
+        assert pretrained._reachable("https://unresolvable.invalid/x", timeout=2)
+    monkeypatch.delenv("https_proxy")
+    t0 = time.perf_counter()
+    assert not pretrained._reachable(f"http://127.0.0.1:{port}/x", timeout=2)  # closed
+    assert not pretrained._reachable("https://unresolvable.invalid/x", timeout=2)
+    assert time.perf_counter() - t0 < 4.5
+
+
+def test_torch_hub_dir_without_torch_is_torchs(tmp_path, monkeypatch):
+    """Where torch hub keeps downloads, found without importing torch, is torch's own rule."""
+    import torch.hub
+
+    for env in ({"TORCH_HOME": str(tmp_path / "th")}, {"XDG_CACHE_HOME": str(tmp_path / "x")}):
+        monkeypatch.delenv("TORCH_HOME", raising=False)
+        monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        with monkeypatch.context() as m:
+            m.delitem(sys.modules, "torch.hub")
+            without = pretrained._torch_hub_dir()
+        assert without == pretrained._torch_hub_dir() == Path(torch.hub.get_dir())
