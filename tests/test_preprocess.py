@@ -7,7 +7,7 @@ import timm
 import torchvision
 from PIL import Image
 
-from flaxcnn.preprocess import decode_predictions, preprocess
+from flaxcnn.preprocess import CLIP_MEAN, CLIP_STD, clip_cfg, decode_predictions, preprocess
 
 PHOTOS = ["chelsea", "coffee", "astronaut", "rocket"]
 
@@ -60,3 +60,58 @@ def test_decode_predictions():
     assert abs(sum(p for _, _, p in decode_predictions(logits, k=1000)[0]) - 1) < 1e-9
     with pytest.raises(ValueError, match="labels for"):
         decode_predictions(np.zeros((1, 10)), labels=["a"])
+
+
+# -- CLIP: OpenAI's clip.clip._transform(n_px), the `preprocess` that clip.load returns --
+
+CLIP_SIZES = [("clip_vit_b32", 224), ("clip_rn50x4", 288), ("clip_vit_l14_336", 336)]
+
+
+def _clip_transform(n_px):
+    import warnings
+
+    with warnings.catch_warnings():  # clip imports pkg_resources, deprecated in setuptools
+        warnings.simplefilter("ignore")
+        from clip.clip import _transform
+    return _transform(n_px)
+
+
+@pytest.mark.parametrize("photo", [*PHOTOS, "page"])  # page: 191 x 384 grey, upsampled
+@pytest.mark.parametrize(("name", "n_px"), CLIP_SIZES)
+def test_matches_openai_clip(photo, name, n_px):
+    img = getattr(skimage.data, photo)()
+    ref = _clip_transform(n_px)(Image.fromarray(img)).numpy().transpose(1, 2, 0)
+    got = preprocess(img, name)
+    assert got.shape == (n_px, n_px, 3) and got.dtype == np.float32
+    # Same Pillow resize and crop, same float32 arithmetic (x / 255 - mean) / std: identical.
+    np.testing.assert_array_equal(got, ref)
+    np.testing.assert_array_equal(preprocess(Image.fromarray(img), clip_cfg(n_px)), ref)
+
+
+def test_clip_pil_modes_convert_after_the_crop():
+    """CLIP converts to RGB after resizing: Pillow resizes RGBA premultiplied and palette
+    images with nearest neighbour, so converting first would not be CLIP's transform."""
+    cat = Image.fromarray(skimage.data.chelsea())
+    rgba = cat.copy()
+    rgba.putalpha(Image.linear_gradient("L").resize(cat.size))
+    ref = _clip_transform(224)
+    for img in (rgba, cat.quantize(64), cat.convert("L"), cat.convert("CMYK")):
+        want = ref(img).numpy().transpose(1, 2, 0)
+        np.testing.assert_array_equal(preprocess(img, "clip_rn50"), want, err_msg=img.mode)
+    assert (
+        np.abs(
+            preprocess(rgba.convert("RGB"), "clip_rn50") - ref(rgba).numpy().transpose(1, 2, 0)
+        ).max()
+        > 0.1
+    )
+
+
+def test_clip_cfg():
+    cfg = clip_cfg("clip_rn50x64")
+    assert cfg.input_size == (448, 448, 3) and cfg.resize_size == 448 and cfg.crop_pct == 1.0
+    assert cfg.interpolation == "bicubic" and cfg.mean == CLIP_MEAN and cfg.std == CLIP_STD
+    assert clip_cfg(336).input_size == clip_cfg("clip_vit_l14_336").input_size
+    with pytest.raises(ValueError, match="did you mean clip_vit_b32"):
+        clip_cfg("clip_vit_b23")
+    with pytest.raises(ValueError, match="positive input size, got 0"):
+        clip_cfg(0)
