@@ -6,5 +6,6 @@ trains; ``python -m flaxcnn.train evaluate --config ... --checkpoint DIR`` evalu
 Modules: :mod:`.steps` (jitted train/eval steps over a ``data`` mesh), :mod:`.data`
 (tfds + grain input pipeline), :mod:`.digits` and :mod:`.shapes` (the embedded
 classification and segmentation sets), :mod:`.augment`, :mod:`.optim`, :mod:`.checkpoint`
-(orbax), :mod:`.loop` (the training job), :mod:`.cli`.
+(orbax), :mod:`.checks` (start-up checks of the dependencies and every config field),
+:mod:`.loop` (the training job), :mod:`.cli`.
 """

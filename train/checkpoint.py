@@ -20,6 +20,7 @@ from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
@@ -29,7 +30,66 @@ __all__ = ["CheckpointError", "Checkpointer"]
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that should be there is not (e.g. ``--resume`` into an empty directory)."""
+    """A checkpoint that should be there is not (``--resume`` into an empty directory), cannot
+    be read (corrupt or truncated files), or was written for another model or setting (its
+    arrays' names, shapes or dtypes differ from the state restoring it)."""
+
+
+def _key_name(key: Any) -> str:
+    for attr in ("key", "idx", "name"):  # DictKey / FlattenedIndexKey, SequenceKey, GetAttrKey
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def _leaf_specs(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+    """``path -> (shape, dtype)`` of every array leaf; a path joins the keys with ``/``
+    whatever the container (a dict, a sequence, an optax named tuple), so that a state and
+    orbax's metadata of its saved copy (plain dicts and lists) name their leaves alike."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {
+        "/".join(_key_name(k) for k in path): (tuple(leaf.shape), str(np.dtype(leaf.dtype)))
+        for path, leaf in leaves
+    }
+
+
+def _differences(saved: Any, like: Any, *, limit: int = 3) -> str | None:
+    """What differs between the arrays a checkpoint holds (its metadata) and those of the
+    state restoring it, in words, or ``None``. A whole top-level entry missing on one side
+    (``ema_params``, ``loss_scale``) is named once, not leaf by leaf."""
+    have, want = _leaf_specs(saved), _leaf_specs(like)
+    tops_have = {k.split("/")[0] for k in have}
+    tops_want = {k.split("/")[0] for k in want}
+    out = [f"{t} is not in the checkpoint" for t in sorted(tops_want - tops_have)]
+    out += [f"the checkpoint has {t}, this run has not" for t in sorted(tops_have - tops_want)]
+
+    def order(k):  # the parameters first: their names are the model's
+        return (not k.startswith("params/"), k)
+
+    for k in sorted(have.keys() & want.keys(), key=order):
+        (s_shape, s_dtype), (w_shape, w_dtype) = have[k], want[k]
+        if s_shape != w_shape:
+            out.append(f"{k} has shape {s_shape} in the checkpoint, {w_shape} here")
+        elif s_dtype != w_dtype:
+            out.append(f"{k} is {s_dtype} in the checkpoint, {w_dtype} here")
+    common = tops_have & tops_want
+    for k in sorted(want.keys() - have.keys(), key=order):
+        if k.split("/")[0] in common:
+            out.append(f"{k} is not in the checkpoint")
+    for k in sorted(have.keys() - want.keys(), key=order):
+        if k.split("/")[0] in common:
+            out.append(f"the checkpoint has {k}, this run has not")
+    if not out:
+        return None
+    more = f" (and {len(out) - limit} more)" if len(out) > limit else ""
+    return "; ".join(out[:limit]) + more
+
+
+def _unreadable(path: str, e: Exception) -> CheckpointError:
+    reason = (str(e).strip().splitlines() or [""])[0][:300]
+    return CheckpointError(
+        f"checkpoint {path} cannot be read (corrupt or truncated?): {type(e).__name__}: {reason}"
+    )
 
 
 def _as_tree(state: TrainState) -> dict[str, Any]:
@@ -127,12 +187,45 @@ class Checkpointer:
             raise CheckpointError(
                 f"no checkpoint to resume from in {self.directory}; drop --resume to start afresh"
             )
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _as_tree(like))
+        tree = _as_tree(like)
+        self._check_matches(step, tree)
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
         args = {"state": ocp.args.StandardRestore(abstract)}
         if data_iter is not None:
             args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
-        out = self.manager.restore(step, args=ocp.args.Composite(**args))
+        try:
+            out = self.manager.restore(step, args=ocp.args.Composite(**args))
+        except Exception as e:  # orbax, tensorstore and json raise many types on bad bytes
+            raise _unreadable(os.path.join(self.directory, str(step)), e) from None
         return _from_tree(out["state"])
+
+    def _saved_metadata(self, step: int) -> Any:
+        """The tree of ``(shape, dtype)`` metadata of the state saved at ``step``."""
+        path = os.path.join(self.directory, str(step), "state")
+        try:
+            with ocp.PyTreeCheckpointer() as reader:
+                saved = reader.metadata(path).item_metadata
+        except Exception as e:  # a missing, truncated or corrupt metadata file
+            raise _unreadable(path, e) from None
+        # orbax reads some damaged files (the tree metadata, the array index) as an empty tree
+        if saved is None or not jax.tree.leaves(saved):
+            raise CheckpointError(
+                f"checkpoint {path} cannot be read (corrupt or truncated?): its metadata "
+                "lists no arrays"
+            )
+        return saved
+
+    def _check_matches(self, step: int, like: Any) -> None:
+        """Refuse, naming what differs, a checkpoint whose arrays are not those of ``like``
+        (another model, ``model_kwargs``, input channels, optimizer, EMA or precision): orbax
+        would fail with a message about the first array it could not fit, or not at all
+        where only the dtype differs."""
+        diff = _differences(self._saved_metadata(step), like)
+        if diff:
+            raise CheckpointError(
+                f"checkpoint {os.path.join(self.directory, str(step))} does not match this "
+                f"run: {diff}"
+            )
 
     def restore_variables(
         self, like: Mapping[str, Any], *, step: int | None = None, prefer_ema: bool = True
@@ -151,18 +244,24 @@ class Checkpointer:
         # The "state" item is written by StandardCheckpointHandler in the PyTree format, which
         # PyTreeCheckpointer can read in part.
         path = os.path.join(self.directory, str(step), "state")
-        with ocp.PyTreeCheckpointer() as reader:
-            saved = reader.metadata(path).item_metadata
-            src = "ema_params" if prefer_ema and "ema_params" in saved else "params"
-            tree = {src: like["params"], "batch_stats": like.get("batch_stats", {})}
-            abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
-            restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), tree)
-            out = reader.restore(
-                path,
-                args=ocp.args.PyTreeRestore(
-                    item=abstract, restore_args=restore_args, partial_restore=True
-                ),
-            )
+        saved = self._saved_metadata(step)
+        src = "ema_params" if prefer_ema and "ema_params" in saved else "params"
+        tree = {src: like["params"], "batch_stats": like.get("batch_stats", {})}
+        diff = _differences({k: saved.get(k, {}) for k in tree}, tree)
+        if diff:
+            raise CheckpointError(f"checkpoint {path} does not match this model: {diff}")
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+        restore_args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), tree)
+        try:
+            with ocp.PyTreeCheckpointer() as reader:
+                out = reader.restore(
+                    path,
+                    args=ocp.args.PyTreeRestore(
+                        item=abstract, restore_args=restore_args, partial_restore=True
+                    ),
+                )
+        except Exception as e:  # orbax, tensorstore and json raise many types on bad bytes
+            raise _unreadable(path, e) from None
         return {"params": out[src], "batch_stats": out["batch_stats"]}
 
     def reached_preemption(self, step: int) -> bool:

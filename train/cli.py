@@ -26,6 +26,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .checks import ConfigError, MissingDependencyError, check_dependencies, validate_config
+
 __all__ = ["load_config", "main"]
 
 
@@ -39,9 +41,12 @@ def load_config(path_or_name: str, overrides: list[str] = ()) -> Any:
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
     else:
+        name = f"flaxcnn.train.configs.{path_or_name}"
         try:
-            mod = importlib.import_module(f"flaxcnn.train.configs.{path_or_name}")
-        except ModuleNotFoundError:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:  # the config exists; something it imports does not
+                raise
             raise SystemExit(
                 f"no config {path_or_name!r}: give a .py file or a name in train/configs/"
             ) from None
@@ -132,12 +137,19 @@ def main(argv: list[str] | None = None) -> int:
     bad = [r for r in rest if not r.startswith("--config.")]
     if bad:
         ap.error(f"unrecognised arguments: {' '.join(bad)}")
-    cfg = load_config(args.config, rest)
-    if args.workdir:
-        cfg.workdir = args.workdir
+    # Before JAX starts: a missing dependency or a bad setting is one line, not a traceback.
+    try:
+        check_dependencies()
+        cfg = load_config(args.config, rest)
+        if args.workdir:
+            cfg.workdir = args.workdir
+        validate_config(cfg)
+    except (MissingDependencyError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     _prepare_runtime(args)
     from .checkpoint import CheckpointError
-    from .loop import ConfigError, NonFiniteError, evaluate_checkpoint, train
+    from .loop import NonFiniteError, evaluate_checkpoint, train
 
     try:
         if command == "evaluate":

@@ -25,6 +25,7 @@ from flaxcnn.segmentation import mean_iou, pixel_accuracy
 
 from . import data as data_lib
 from .checkpoint import Checkpointer, CheckpointError
+from .checks import ConfigError, check_dependencies, validate_config
 from .optim import build_optimizer
 from .steps import (
     StepConfig,
@@ -48,10 +49,6 @@ __all__ = [
     "setup",
     "train",
 ]
-
-
-class ConfigError(ValueError):
-    """A setting that cannot work, found at start-up; the message says what to change."""
 
 
 class NonFiniteError(RuntimeError):
@@ -88,9 +85,45 @@ def _head_name(model_name: str) -> str | None:
 
 
 def setup(cfg: Any, *, devices: list | None = None) -> Setup:
-    """Validate ``cfg`` and build the model, mesh, optimizer and data sources."""
+    """Check ``cfg`` and build the model, mesh, optimizer and data sources. Every setting
+    that cannot work fails here, as a :class:`ConfigError`, before anything is written."""
+    check_dependencies()
+    validate_config(cfg)
     devices = devices if devices is not None else jax.devices()
-    n_dev = len(devices)
+    info, spec = _dataset_and_spec(cfg)
+    _check_task(cfg, spec, info)
+    _check_batch_sizes(cfg, len(devices))
+    _check_inputs(cfg)
+    train_source, eval_source, num_classes = _data(cfg, info)
+    model = _build_model(cfg, spec, info, num_classes)
+    _check_image_size(model, cfg, info)
+    steps_per_epoch = len(train_source) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"config.batch_size={cfg.batch_size} exceeds the train split ({len(train_source)})"
+        )
+    total = cfg.num_steps or cfg.num_epochs * steps_per_epoch
+    step_cfg = _step_config(cfg, info, num_classes, _bn_groups(cfg, len(devices)))
+    try:
+        tx = build_optimizer(cfg.optim, total, head=_head_name(cfg.model))
+    except ValueError as e:
+        raise ConfigError(f"config.optim: {e}") from None
+    return Setup(
+        cfg=cfg,
+        info=info,
+        model=model,
+        mesh=make_mesh(devices),
+        tx=tx,
+        step_cfg=step_cfg,
+        train_source=train_source,
+        eval_source=eval_source,
+        num_classes=num_classes,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total,
+    )
+
+
+def _dataset_and_spec(cfg: Any) -> tuple[data_lib.DatasetInfo, Any]:
     try:
         info = data_lib.get_dataset(cfg.dataset)
     except ValueError as e:
@@ -99,7 +132,11 @@ def setup(cfg: Any, *, devices: list | None = None) -> Setup:
         spec = flaxcnn.get_model_spec(cfg.model)
     except ValueError as e:
         raise ConfigError(f"config.model: {e}") from None
-    _check_task(cfg, spec, info)
+    return info, spec
+
+
+def _check_batch_sizes(cfg: Any, n_dev: int) -> None:
+    """The global batches split evenly over the devices."""
     if cfg.batch_size % n_dev:
         raise ConfigError(
             f"config.batch_size={cfg.batch_size} is not divisible by the {n_dev} devices; "
@@ -110,56 +147,78 @@ def setup(cfg: Any, *, devices: list | None = None) -> Setup:
         raise ConfigError(
             f"config.eval_batch_size={eval_bs} is not divisible by the {n_dev} devices"
         )
-    data_dir = cfg.data_dir or None
-    train_source = data_lib.load_source(info, info.train_split, data_dir, cfg.manual_dir or None)
-    eval_source = data_lib.load_source(info, info.eval_split, data_dir, cfg.manual_dir or None)
-    ds_classes = len(train_source.classes) if info.tfds_name is None else info.num_classes
-    if cfg.num_classes and cfg.num_classes != ds_classes:
+
+
+def _check_inputs(cfg: Any) -> None:
+    """Files and tools the run reads later (weights to fine-tune from, a teacher, the
+    TensorBoard writer): found now, not after the workdir is made."""
+    if cfg.init_from.weights and not os.path.exists(cfg.init_from.weights):
+        raise ConfigError(f"config.init_from.weights: no file {cfg.init_from.weights!r}")
+    d = cfg.distill
+    if d.alpha and (not d.teacher or not d.checkpoint):
+        raise ConfigError(
+            "config.distill.alpha > 0 needs distill.teacher (a model name) and distill.checkpoint"
+        )
+    if d.alpha and not os.path.isdir(d.checkpoint):
+        raise ConfigError(f"config.distill.checkpoint: no directory {d.checkpoint!r}")
+    if d.alpha:
+        try:
+            flaxcnn.get_model_spec(d.teacher)
+        except ValueError as e:
+            raise ConfigError(f"config.distill.teacher: {e}") from None
+    if cfg.tensorboard and importlib.util.find_spec("tensorboardX") is None:
+        raise ConfigError(
+            "config.tensorboard=True needs tensorboardX (in the [train] extra): "
+            "pip install tensorboardX, or set config.tensorboard=False"
+        )
+
+
+def _data(cfg: Any, info: data_lib.DatasetInfo) -> tuple[Any, Any, int]:
+    """The train and eval sources (prepared on first use) and the number of classes."""
+    data_dir, manual_dir = cfg.data_dir or None, cfg.manual_dir or None
+    try:
+        train_source = data_lib.load_source(info, info.train_split, data_dir, manual_dir)
+        eval_source = data_lib.load_source(info, info.eval_split, data_dir, manual_dir)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:  # not there, not prepared
+        raise ConfigError(f"config.dataset={cfg.dataset!r}: {e}") from None
+    num_classes = len(train_source.classes) if info.tfds_name is None else info.num_classes
+    if cfg.num_classes and cfg.num_classes != num_classes:
         raise ConfigError(
             f"config.num_classes={cfg.num_classes} but dataset {info.name!r} has "
-            f"{ds_classes} classes; "
-            f"set --config.num_classes={ds_classes} (or 0 to take the dataset's)"
+            f"{num_classes} classes; "
+            f"set --config.num_classes={num_classes} (or 0 to take the dataset's)"
         )
+    return train_source, eval_source, num_classes
+
+
+def _build_model(cfg: Any, spec: Any, info: data_lib.DatasetInfo, num_classes: int) -> Any:
     try:
-        model = spec.build(
-            num_classes=ds_classes,
+        return spec.build(
+            num_classes=num_classes,
             in_chans=info.in_chans,
             dtype=_dtype(cfg.precision),
             **dict(cfg.model_kwargs),
         )
     except TypeError as e:
         raise ConfigError(f"config.model_kwargs: {e}") from None
-    if info.task == "segmentation":
-        _check_output_size(model, cfg, info)
-    steps_per_epoch = len(train_source) // cfg.batch_size
-    if steps_per_epoch == 0:
-        raise ConfigError(
-            f"config.batch_size={cfg.batch_size} exceeds the train split ({len(train_source)})"
-        )
-    total = cfg.num_steps or cfg.num_epochs * steps_per_epoch
-    ls = cfg.loss_scale
-    if cfg.precision == "float16" and not (1 <= ls.initial < float("inf") and ls.period >= 1):
-        raise ConfigError(
-            "config.loss_scale needs a finite initial >= 1 and period >= 1, got "
-            f"initial={ls.initial}, period={ls.period}"
-        )
-    if cfg.tensorboard and importlib.util.find_spec("tensorboardX") is None:
-        raise ConfigError(
-            "config.tensorboard=True needs tensorboardX (in the [train] extra): "
-            "pip install tensorboardX, or set config.tensorboard=False"
-        )
+
+
+def _bn_groups(cfg: Any, n_dev: int) -> int:
+    """Groups of the batch with their own BatchNorm statistics (1: synchronised BN)."""
     if cfg.batch_norm == "sync":
-        bn_groups = 1
-    elif cfg.batch_norm == "group":
-        if n_dev % cfg.bn_group_devices:
-            raise ConfigError(
-                f"bn_group_devices={cfg.bn_group_devices} does not divide the {n_dev} devices"
-            )
-        bn_groups = n_dev // cfg.bn_group_devices
-    else:
-        raise ConfigError(f"config.batch_norm must be 'sync' or 'group', got {cfg.batch_norm!r}")
-    step_cfg = StepConfig(
-        num_classes=ds_classes,
+        return 1
+    if n_dev % cfg.bn_group_devices:
+        raise ConfigError(
+            f"config.bn_group_devices={cfg.bn_group_devices} does not divide the {n_dev} devices"
+        )
+    return n_dev // cfg.bn_group_devices
+
+
+def _step_config(
+    cfg: Any, info: data_lib.DatasetInfo, num_classes: int, bn_groups: int
+) -> StepConfig:
+    return StepConfig(
+        num_classes=num_classes,
         mean=tuple(info.mean),
         std=tuple(info.std),
         label_smoothing=cfg.label_smoothing,
@@ -175,23 +234,6 @@ def setup(cfg: Any, *, devices: list | None = None) -> Setup:
         loss_scale_period=int(cfg.loss_scale.period),
         task=info.task,
         frozen_head=(_head_name(cfg.model) or "") if cfg.optim.get("freeze_backbone") else "",
-    )
-    try:
-        tx = build_optimizer(cfg.optim, total, head=_head_name(cfg.model))
-    except ValueError as e:
-        raise ConfigError(f"config.optim: {e}") from None
-    return Setup(
-        cfg=cfg,
-        info=info,
-        model=model,
-        mesh=make_mesh(devices),
-        tx=tx,
-        step_cfg=step_cfg,
-        train_source=train_source,
-        eval_source=eval_source,
-        num_classes=ds_classes,
-        steps_per_epoch=steps_per_epoch,
-        total_steps=total,
     )
 
 
@@ -225,21 +267,30 @@ def _check_task(cfg: Any, spec: Any, info: data_lib.DatasetInfo) -> None:
         )
 
 
-def _check_output_size(model: Any, cfg: Any, info: data_lib.DatasetInfo) -> None:
-    """A segmentation model must map ``image_size`` to logits of the same size (traced with
-    ``eval_shape``: nothing is compiled)."""
-    shape = (1, cfg.image_size, cfg.image_size, info.in_chans)
+def _check_image_size(model: Any, cfg: Any, info: data_lib.DatasetInfo) -> None:
+    """The model must take ``image_size`` inputs, and a segmentation model must map them to
+    logits of the same size (traced with ``eval_shape``: nothing is compiled)."""
+    n = cfg.image_size
+    shape = (1, n, n, info.in_chans)
     try:
         out = jax.eval_shape(
             lambda x: model.init_with_output(jax.random.key(0), x)[0],
             jax.ShapeDtypeStruct(shape, jnp.float32),
         )
-    except ValueError as e:
-        raise ConfigError(f"config.image_size={cfg.image_size}: {e}") from None
+    except ValueError as e:  # the model's own message (e.g. the nearest valid sizes)
+        raise ConfigError(f"config.image_size={n}: {e}") from None
+    except (TypeError, ArithmeticError, IndexError) as e:  # a shape that broke a layer
+        raise ConfigError(
+            f"config.image_size={n}: {cfg.model} cannot take {n}x{n} inputs "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            "use a larger image_size"
+        ) from None
+    if info.task != "segmentation":
+        return
     got = tuple(split_outputs(out)[0].shape[1:3])
     if got != shape[1:3]:
         raise ConfigError(
-            f"config.model={cfg.model!r} maps {shape[1]}x{shape[2]} images to {got[0]}x{got[1]} "
+            f"config.model={cfg.model!r} maps {n}x{n} images to {got[0]}x{got[1]} "
             "logits; the trainer needs per-pixel logits at the input size (a padded model, "
             "e.g. unet_padded)"
         )
@@ -268,10 +319,6 @@ def _teacher(s: Setup):
     d = s.cfg.distill
     if not d.alpha:
         return None
-    if not d.teacher or not d.checkpoint:
-        raise ConfigError(
-            "config.distill.alpha > 0 needs distill.teacher (a model name) and distill.checkpoint"
-        )
     t_model = flaxcnn.create_model(
         d.teacher, num_classes=s.num_classes, in_chans=s.info.in_chans, **dict(d.teacher_kwargs)
     )
@@ -412,6 +459,66 @@ def plot_curves(metrics_path: str, out_path: str) -> None:
     plt.close(fig)
 
 
+@dataclasses.dataclass
+class _Meter:
+    """The host-side tally of the train steps' metrics: the current logging interval's
+    sums of loss and accuracy over its counted steps, its float16 loss-scale overflows, the
+    run of consecutive non-finite steps (across intervals), the last loss scale, and the
+    images seen since the start (for the throughput)."""
+
+    max_nonfinite: int
+    nonfinite_run: int = 0
+    overflows: int = 0
+    loss_sum: float = 0.0
+    accuracy_sum: float = 0.0
+    count: int = 0
+    loss_scale: float | None = None
+    images: int = 0
+    t0: float = dataclasses.field(default_factory=time.perf_counter)
+
+    def add(self, step: int, m: Mapping[str, np.ndarray]) -> None:
+        """Take one step's metrics (on the host). A skipped step (non-finite, or a float16
+        loss-scale overflow) still advances the step counter, the data and the progress bar,
+        and may be a checkpoint step: only its loss and accuracy stay out of the means."""
+        if int(m["nonfinite"]):
+            self.nonfinite_run += 1
+            if self.nonfinite_run >= self.max_nonfinite:
+                raise NonFiniteError(
+                    f"{self.nonfinite_run} consecutive steps had a non-finite loss or gradient "
+                    f"(last: step {step}); the updates were skipped. Lower "
+                    "config.optim.learning_rate, set config.optim.grad_clip_norm, or use "
+                    "precision=float32."
+                )
+        elif int(m.get("overflow", 0)):
+            # Expected under dynamic loss scaling: the step halved the scale. It neither
+            # counts towards nor resets the run of non-finite steps.
+            self.overflows += 1
+        else:
+            self.nonfinite_run = 0
+            self.loss_sum += float(m["loss"])
+            self.accuracy_sum += float(m["accuracy"])
+            self.count += 1
+        if "loss_scale" in m:
+            self.loss_scale = float(m["loss_scale"])
+
+    def images_per_s(self) -> float:
+        return self.images / max(time.perf_counter() - self.t0, 1e-9)
+
+    def interval(self) -> dict[str, float]:
+        """The interval's row entries (no means over an interval of skipped steps only);
+        starts the next interval."""
+        row: dict[str, float] = {}
+        if self.count:
+            row["train_loss"] = self.loss_sum / self.count
+            row["train_accuracy"] = self.accuracy_sum / self.count
+        row["img_per_s"] = self.images_per_s()
+        if self.loss_scale is not None:
+            row["loss_scale"] = self.loss_scale
+            row["overflow_steps"] = self.overflows
+        self.loss_sum, self.accuracy_sum, self.count, self.overflows = 0.0, 0.0, 0, 0
+        return row
+
+
 def _tensorboard_writer(workdir: str, *, resume: bool, start: int):
     """A ``tensorboardX`` writer into ``workdir`` when ``config.tensorboard`` is set.
 
@@ -427,104 +534,138 @@ def _tensorboard_writer(workdir: str, *, resume: bool, start: int):
     return SummaryWriter(workdir, purge_step=start if resume else None)
 
 
+class _RunLog:
+    """Where a run reports, on the lead process only: ``metrics.jsonl`` (one row per
+    evaluation; a fresh run starts it anew), TensorBoard events (``config.tensorboard``),
+    the progress bar (``config.progress``) and the start and end lines."""
+
+    def __init__(self, s: Setup, workdir: str, *, resume: bool, start: int):
+        cfg = s.cfg
+        self.lead = jax.process_index() == 0
+        self.metrics_path = os.path.join(workdir, "metrics.jsonl")
+        self.bar = self.tb = None
+        if not self.lead:
+            return
+        if not resume and os.path.exists(self.metrics_path):
+            os.remove(self.metrics_path)
+        print(
+            f"training {cfg.model} on {cfg.dataset}: {s.total_steps} steps of "
+            f"{cfg.batch_size} images "
+            f"on {len(s.mesh.devices.flat)} devices ({jax.process_count()} process(es)); "
+            f"checkpoints -> {os.path.join(workdir, 'checkpoints')}, "
+            f"metrics -> {self.metrics_path}",
+            flush=True,
+        )
+        if cfg.progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=s.total_steps, initial=start, unit="step", dynamic_ncols=True)
+        if cfg.tensorboard:
+            self.tb = _tensorboard_writer(workdir, resume=resume, start=start)
+
+    def step(self, m: Mapping[str, np.ndarray], meter: _Meter) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(
+                loss=f"{float(m['loss']):.3f}",
+                acc=f"{float(m['accuracy']):.3f}",
+                img_s=f"{meter.images_per_s():.0f}",
+            )
+            self.bar.update(1)
+
+    def row(self, row: dict[str, float]) -> None:
+        if not self.lead:
+            return
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "step":
+                    self.tb.add_scalar(k, v, row["step"])
+            self.tb.flush()
+
+    def close_events(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+    def close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _open_checkpoints(s: Setup, ckpt_dir: str, *, resume: bool) -> Checkpointer:
+    """The run's checkpointer (it creates ``ckpt_dir`` and the workdir above it), once
+    ``--resume`` agrees with what ``ckpt_dir`` holds: a resume needs a checkpoint, a fresh
+    start must not overwrite one. A resume into a missing directory creates nothing."""
+    if resume and not os.path.isdir(ckpt_dir):
+        raise CheckpointError(
+            f"--resume: no checkpoint in {ckpt_dir}; drop --resume to start afresh"
+        )
+    ckpt = Checkpointer(
+        ckpt_dir, keep=s.cfg.keep_checkpoints, best_metric=_best_metric(s.info.task)
+    )
+    latest = ckpt.latest_step()
+    if resume and latest is None:
+        ckpt.close()
+        raise CheckpointError(
+            f"--resume: no checkpoint in {ckpt_dir}; drop --resume to start afresh"
+        )
+    if not resume and latest is not None:
+        ckpt.close()
+        raise ConfigError(
+            f"{ckpt_dir} already holds checkpoints (step {latest}): pass --resume to "
+            "continue that run, or choose another --config.workdir"
+        )
+    return ckpt
+
+
+def _initial_state(s: Setup, ckpt: Checkpointer | None) -> tuple[TrainState, Any]:
+    """The state and the train-data iterator to start from: fresh (or fine-tuned from
+    converted weights), or with ``ckpt`` those of its latest checkpoint."""
+    state = _fresh_state(s, variables=_initial_variables(s))
+    it = iter(
+        data_lib.train_loader(
+            s.train_source,
+            s.info,
+            size=s.cfg.image_size,
+            global_batch_size=s.cfg.batch_size,
+            seed=s.cfg.seed,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+    )
+    if ckpt is not None:
+        state = ckpt.restore(state, it)
+    return state, it
+
+
 def train(
     cfg: Any, *, resume: bool = False, devices: list | None = None, stop_at: int | None = None
 ) -> dict[str, Any]:
     """Run the job described by ``cfg``; returns the final summary (and the state under
     ``'state'``). ``stop_at`` ends early after that step (as if killed there; tests use it)."""
     s = setup(cfg, devices=devices)
-    lead = jax.process_index() == 0
     workdir = os.path.abspath(cfg.workdir)
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    ckpt = _open_checkpoints(s, os.path.join(workdir, "checkpoints"), resume=resume)
     os.makedirs(workdir, exist_ok=True)
-    best = _best_metric(s.info.task)
-    ckpt = Checkpointer(ckpt_dir, keep=cfg.keep_checkpoints, best_metric=best)
-    if resume and ckpt.latest_step() is None:
-        raise CheckpointError(
-            f"--resume: no checkpoint in {ckpt_dir}; drop --resume to start afresh"
-        )
-    if not resume and ckpt.latest_step() is not None:
-        raise ConfigError(
-            f"{ckpt_dir} already holds checkpoints (step {ckpt.latest_step()}): pass --resume to "
-            "continue that run, or choose another --config.workdir"
-        )
-    state = _fresh_state(s, variables=_initial_variables(s))
-    loader = data_lib.train_loader(
-        s.train_source,
-        s.info,
-        size=cfg.image_size,
-        global_batch_size=cfg.batch_size,
-        seed=cfg.seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
-    it = iter(loader)
-    if resume:
-        state = ckpt.restore(state, it)
-    elif lead and os.path.exists(metrics_path):
-        os.remove(metrics_path)
+    try:
+        state, it = _initial_state(s, ckpt if resume else None)
+        train_step, eval_step = _steps(s)  # a distillation teacher is restored here
+    except BaseException:
+        ckpt.close()
+        raise
     start = int(to_host(state.step))
-    train_step, eval_step = _steps(s)
+    log = _RunLog(s, workdir, resume=resume, start=start)
     rng = jax.random.key(cfg.seed + 1)
     every = cfg.checkpoint_every_steps or s.steps_per_epoch
     end = s.total_steps if stop_at is None else min(stop_at, s.total_steps)
-
-    if lead:
-        print(
-            f"training {cfg.model} on {cfg.dataset}: {s.total_steps} steps of "
-            f"{cfg.batch_size} images "
-            f"on {len(s.mesh.devices.flat)} devices ({jax.process_count()} process(es)); "
-            f"checkpoints -> {ckpt_dir}, metrics -> {metrics_path}",
-            flush=True,
-        )
-    bar = None
-    if lead and cfg.progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=s.total_steps, initial=start, unit="step", dynamic_ncols=True)
-    tb = None
-    if lead and cfg.tensorboard:
-        tb = _tensorboard_writer(workdir, resume=resume, start=start)
-    nonfinite_run, overflows = 0, 0
-    acc_loss, acc_acc, n_acc, t0, n_img = 0.0, 0.0, 0, time.perf_counter(), 0
+    best = _best_metric(s.info.task)
+    meter = _Meter(cfg.max_nonfinite)
     last_eval: dict[str, float] = {}
 
     def record(step: int, m: dict[str, jax.Array]) -> None:
-        """Take one step's metrics into the interval's means and the progress bar."""
-        nonlocal nonfinite_run, overflows, acc_loss, acc_acc, n_acc, loss_scale
         m = to_host(m)
-        # A skipped step (non-finite, or a float16 loss-scale overflow) still advances the
-        # step counter, the data and the progress bar, and may be a checkpoint step: only
-        # its loss and accuracy stay out of the interval's means.
-        if int(m["nonfinite"]):
-            nonfinite_run += 1
-            if nonfinite_run >= cfg.max_nonfinite:
-                raise NonFiniteError(
-                    f"{nonfinite_run} consecutive steps had a non-finite loss or gradient "
-                    f"(last: step {step}); the updates were skipped. Lower "
-                    "config.optim.learning_rate, set config.optim.grad_clip_norm, or use "
-                    "precision=float32."
-                )
-        elif int(m.get("overflow", 0)):
-            # Expected under dynamic loss scaling: the step halved the scale. It neither
-            # counts towards nor resets the run of non-finite steps.
-            overflows += 1
-        else:
-            nonfinite_run = 0
-            acc_loss += float(m["loss"])
-            acc_acc += float(m["accuracy"])
-            n_acc += 1
-        if bar is not None:
-            ips = n_img / max(time.perf_counter() - t0, 1e-9)
-            bar.set_postfix(
-                loss=f"{float(m['loss']):.3f}",
-                acc=f"{float(m['accuracy']):.3f}",
-                img_s=f"{ips:.0f}",
-            )
-            bar.update(1)
-        if "loss_scale" in m:
-            loss_scale = float(m["loss_scale"])
+        meter.add(step, m)
+        log.step(m, meter)
 
     # Each step's metrics are read on the host only after the next step has been dispatched
     # (JAX dispatches asynchronously): reading them waits for that step to finish, and the
@@ -532,7 +673,6 @@ def train(
     # At a checkpoint, evaluation or preemption step nothing is dispatched ahead, so the
     # saved state and data position are those of that step.
     pending: tuple[int, dict[str, jax.Array]] | None = None
-    loss_scale: float | None = None
     try:
         for step in range(start, end):
             batch = next(it)
@@ -540,7 +680,7 @@ def train(
                 state, shard_batch({"image": batch["image"], "label": batch["label"]}, s.mesh), rng
             )
             done = step + 1
-            n_img += cfg.batch_size
+            meter.images += cfg.batch_size
             if pending is not None:
                 record(*pending)
             pending = (step, m)
@@ -550,57 +690,53 @@ def train(
                 record(*pending)
                 pending = None
             if boundary:
-                row: dict[str, float] = {"step": done, "epoch": done / s.steps_per_epoch}
-                if n_acc:  # no means over an interval of skipped steps only
-                    row["train_loss"] = acc_loss / n_acc
-                    row["train_accuracy"] = acc_acc / n_acc
-                row["img_per_s"] = n_img / max(time.perf_counter() - t0, 1e-9)
-                if loss_scale is not None:
-                    row["loss_scale"] = loss_scale
-                    row["overflow_steps"] = overflows
                 last_eval = evaluate(s, state, eval_step)
-                row.update(last_eval)
-                if lead:
-                    with open(metrics_path, "a") as f:
-                        f.write(json.dumps(row) + "\n")
-                if tb is not None:
-                    for k, v in row.items():
-                        if k != "step":
-                            tb.add_scalar(k, v, done)
-                    tb.flush()
+                row = {"step": done, "epoch": done / s.steps_per_epoch, **meter.interval()}
+                log.row({**row, **last_eval})
                 ckpt.save(state, it, metrics={best: last_eval[best]})
-                acc_loss, acc_acc, n_acc, overflows = 0.0, 0.0, 0, 0
             elif preempted:
                 ckpt.save(state, it, force=True)
                 break
         if pending is not None:  # stop_at between checkpoints
             record(*pending)
     finally:
-        if tb is not None:
-            tb.close()
+        log.close_events()
         # Also when the run fails (non-finite, interrupted): a checkpoint still being
         # written in the background is finished, not lost.
         ckpt.wait()
         ckpt.close()
-    if bar is not None:
-        bar.close()
+    log.close_bar()
+    return _summary(s, state, eval_step, log, last_eval, workdir, finished=end == s.total_steps)
+
+
+def _summary(
+    s: Setup,
+    state: TrainState,
+    eval_step: Callable,
+    log: _RunLog,
+    last_eval: dict[str, float],
+    workdir: str,
+    *,
+    finished: bool,
+) -> dict[str, Any]:
+    """The run's summary; a finished run adds its final eval metrics and plots its curves."""
+    ckpt_dir = os.path.join(workdir, "checkpoints")
     summary: dict[str, Any] = {
         "step": int(to_host(state.step)),
         "workdir": workdir,
         "checkpoints": ckpt_dir,
     }
-    if end == s.total_steps:
-        if not last_eval:
-            last_eval = evaluate(s, state, eval_step)
+    if finished:
+        last_eval = last_eval or evaluate(s, state, eval_step)
         summary.update(last_eval)
         plot = os.path.join(workdir, "curves.png")
-        if lead:
-            plot_curves(metrics_path, plot)
+        if log.lead:
+            plot_curves(log.metrics_path, plot)
             summary["plot"] = plot
             print(
-                f"done: {cfg.model} on {cfg.dataset} {_headline(last_eval)} after "
+                f"done: {s.cfg.model} on {s.cfg.dataset} {_headline(last_eval)} after "
                 f"{summary['step']} steps; "
-                f"checkpoints {ckpt_dir}, metrics {metrics_path}, plot {plot}",
+                f"checkpoints {ckpt_dir}, metrics {log.metrics_path}, plot {plot}",
                 flush=True,
             )
     summary["state"] = state

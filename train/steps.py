@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
-from functools import partial
 from typing import Any
 
 import flax.linen as nn
@@ -64,15 +63,25 @@ __all__ = [
     "LossScale",
     "StepConfig",
     "TrainState",
+    "all_finite",
     "batch_sharding",
     "create_train_state",
+    "distillation_loss",
+    "ema_update",
+    "inputs_and_targets",
+    "keep_if_finite",
     "make_eval_step",
     "make_mesh",
     "make_train_step",
+    "mix_batch",
+    "next_loss_scale",
     "replicated",
+    "scaled_value_and_grad",
     "shard_batch",
     "split_outputs",
+    "supervised_loss",
     "to_host",
+    "train_metrics",
 ]
 
 
@@ -275,6 +284,162 @@ def _apply(model, variables, x, rng, bn_groups, frozen_head=""):
     return out, upd
 
 
+def mix_batch(
+    key: jax.Array, x: jax.Array, targets: jax.Array, mixup_alpha: float, cutmix_alpha: float
+) -> tuple[jax.Array, jax.Array]:
+    """Mixup (Zhang et al., ICLR 2018) or CutMix (Yun et al., ICCV 2019) of a batch and its
+    one-hot targets, whichever ``alpha`` is non-zero; with both, one of the two per step with
+    probability 1/2 (timm's ``Mixup`` with ``switch_prob=0.5``). The per-step choice is a
+    ``lax.cond``, so only the chosen mix is computed; with neither, the batch is unchanged."""
+    if not (mixup_alpha or cutmix_alpha):
+        return x, targets
+    k_choice, k = jax.random.split(key)
+    if mixup_alpha and cutmix_alpha:
+        return jax.lax.cond(
+            jax.random.bernoulli(k_choice),
+            lambda: cutmix(k, x, targets, cutmix_alpha),
+            lambda: mixup(k, x, targets, mixup_alpha),
+        )
+    if mixup_alpha:
+        return mixup(k, x, targets, mixup_alpha)
+    return cutmix(k, x, targets, cutmix_alpha)
+
+
+def inputs_and_targets(
+    k_aug: jax.Array, k_mix: jax.Array, batch: Mapping[str, jax.Array], cfg: StepConfig
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The model's input and the loss's targets from a batch: augmented (the class map moves
+    with the image for segmentation), normalised, mixed (:func:`mix_batch`) and
+    label-smoothed; also the (augmented, unmixed) labels the accuracy is measured on."""
+    aug = dict(cfg.augment)
+    if cfg.task == "segmentation":
+        x, labels = augment_batch(k_aug, batch["image"], aug, mask=batch["label"])
+        targets = labels
+    else:
+        x, labels = augment_batch(k_aug, batch["image"], aug), batch["label"]
+        targets = jax.nn.one_hot(labels, cfg.num_classes)
+    x, targets = mix_batch(k_mix, _normalise(x, cfg), targets, cfg.mixup_alpha, cfg.cutmix_alpha)
+    if cfg.label_smoothing:
+        targets = optax.smooth_labels(targets, cfg.label_smoothing)
+    return x, targets, labels
+
+
+def supervised_loss(
+    logits: jax.Array, aux: list[jax.Array], targets: jax.Array, cfg: StepConfig
+) -> jax.Array:
+    """The loss against the labels: cross-entropy with (soft) one-hot ``targets``, or for
+    segmentation :func:`flaxcnn.segmentation.cross_entropy` against the class map, plus
+    ``aux_loss_weight`` times the same loss of each auxiliary output."""
+    if cfg.task == "segmentation":
+        criterion = cross_entropy
+    else:
+
+        def criterion(z, t):
+            return jnp.mean(_xent(z, t))
+
+    loss = criterion(logits, targets)
+    for a in aux:
+        loss = loss + cfg.aux_loss_weight * criterion(a, targets)
+    return loss
+
+
+def distillation_loss(
+    logits: jax.Array, teacher_logits: jax.Array, *, temperature: float, hard: bool
+) -> jax.Array:
+    """Knowledge distillation (Hinton et al., 2015): ``T^2 * KL(teacher_T || student_T)``
+    averaged over the batch, the softmaxes taken at temperature ``T`` (the ``T^2`` keeps the
+    gradient's scale independent of ``T``); with ``hard``, the cross-entropy against the
+    teacher's argmax (hard pseudo-labels)."""
+    if hard:
+        pseudo = jax.nn.one_hot(jnp.argmax(teacher_logits, -1), logits.shape[-1])
+        return jnp.mean(_xent(logits, pseudo))
+    t = temperature
+    p_t = jax.nn.softmax(teacher_logits / t)
+    kl = jnp.sum(
+        p_t * (jax.nn.log_softmax(teacher_logits / t) - jax.nn.log_softmax(logits / t)), -1
+    )
+    return t * t * jnp.mean(kl)
+
+
+def all_finite(tree: Any) -> jax.Array:
+    """Whether every element of every leaf is finite (a boolean scalar)."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(tree)]))
+
+
+def scaled_value_and_grad(
+    loss_fn: Callable, params: Any, loss_scale: LossScale | None
+) -> tuple[tuple[jax.Array, Any], Any]:
+    """``((loss, aux), grads)`` of ``loss_fn(params) -> (loss, aux)``. With a loss scale the
+    derivative is taken of ``loss * scale`` (float16's small gradients survive) and the
+    gradients are divided by the scale again; the loss returned is the unscaled one."""
+    if loss_scale is None:
+        return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+    def scaled(p):
+        loss, aux = loss_fn(p)
+        return loss * loss_scale.scale, (loss, aux)
+
+    (_, out), grads = jax.value_and_grad(scaled, has_aux=True)(params)
+    return out, jax.tree.map(lambda g: g / loss_scale.scale, grads)
+
+
+def next_loss_scale(
+    ls: LossScale, *, loss_ok: jax.Array, grads_ok: jax.Array, period: int
+) -> tuple[LossScale, jax.Array]:
+    """The loss scale after a step, and whether the step was an *overflow* (module
+    docstring): a finite loss with non-finite gradients above the floor scale halves the
+    scale (not below :data:`MIN_LOSS_SCALE`); ``period`` finite steps in a row double it;
+    any non-finite step resets the count of finite ones."""
+    finite = loss_ok & grads_ok
+    overflow = loss_ok & ~grads_ok & (ls.scale > MIN_LOSS_SCALE)
+    grow = finite & (ls.good_steps + 1 >= period)
+    scale = jnp.where(
+        overflow,
+        jnp.maximum(ls.scale / 2, MIN_LOSS_SCALE),
+        jnp.where(grow, ls.scale * 2, ls.scale),
+    )
+    good_steps = jnp.where(finite & ~grow, ls.good_steps + 1, 0).astype(jnp.int32)
+    return LossScale(scale=scale, good_steps=good_steps), overflow
+
+
+def ema_update(ema: Any, params: Any, decay: float) -> Any:
+    """``decay * ema + (1 - decay) * params``, leaf by leaf (``None`` stays ``None``)."""
+    if ema is None:
+        return None
+    return jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, params)
+
+
+def keep_if_finite(finite: jax.Array, new: Any, old: Any) -> Any:
+    """``new`` where ``finite`` is true, else ``old``: the non-finite guard, leaf by leaf over
+    two trees of the same structure (a :class:`TrainState`, say)."""
+    return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+
+def train_metrics(
+    loss: jax.Array,
+    logits: jax.Array,
+    labels: jax.Array,
+    grads: Any,
+    nonfinite: jax.Array,
+    *,
+    segmentation: bool,
+) -> dict[str, jax.Array]:
+    """A train step's ``loss``, ``accuracy`` (against the unmixed labels; for segmentation
+    pixel accuracy over the labelled pixels), gradient global norm and ``nonfinite`` flag."""
+    hit = jnp.argmax(logits, -1) == labels
+    if segmentation:
+        valid = labels != IGNORE_INDEX
+        accuracy = jnp.sum(hit & valid) / jnp.maximum(jnp.sum(valid), 1)
+    else:
+        accuracy = jnp.mean(hit)
+    return {
+        "loss": loss,
+        "accuracy": accuracy,
+        "grad_norm": optax.tree.norm(grads),
+        "nonfinite": nonfinite.astype(jnp.int32),
+    }
+
+
 def make_train_step(
     model: nn.Module,
     tx: optax.GradientTransformation,
@@ -287,13 +452,11 @@ def make_train_step(
 
     ``batch``: ``image`` float32 ``(B, H, W, C)`` in [0, 1], ``label`` int ``(B,)`` (or the
     ``(B, H, W)`` class map for segmentation; its ``accuracy`` is then pixel accuracy).
-    ``teacher``: ``(module, variables)`` for knowledge distillation (Hinton et al., 2015):
-    the loss is ``(1 - a) * CE(labels) + a * T^2 * KL(teacher_T || student_T)``, or with
-    ``distill_hard`` the CE against the teacher's argmax (hard pseudo-labels).
+    ``teacher``: ``(module, variables)`` for knowledge distillation: the loss is
+    ``(1 - a) * supervised + a * distillation`` (:func:`distillation_loss`).
     If ``state.loss_scale`` is set, the step scales the loss dynamically (module docstring)
     and adds ``overflow`` and ``loss_scale`` (the scale this step used) to the metrics.
     """
-    aug = dict(cfg.augment)
     seg = cfg.task == "segmentation"
     if cfg.distill_alpha and teacher is None:
         raise ValueError("distill_alpha > 0 needs a teacher model")
@@ -301,141 +464,51 @@ def make_train_step(
         raise ValueError(
             "segmentation steps take no mixup, cutmix, label smoothing or distillation"
         )
+    distill = teacher is not None and cfg.distill_alpha
 
     def step(state: TrainState, batch: dict, rng: jax.Array):
-        rng = jax.random.fold_in(rng, state.step)
-        k_aug, k_mix, k_drop = jax.random.split(rng, 3)
-        if seg:
-            x, labels = augment_batch(k_aug, batch["image"], aug, mask=batch["label"])
-        else:
-            x, labels = augment_batch(k_aug, batch["image"], aug), batch["label"]
-        x = _normalise(x, cfg)
-        targets = labels if seg else jax.nn.one_hot(labels, cfg.num_classes)
-        if cfg.mixup_alpha or cfg.cutmix_alpha:
-            k_choice, k_m = jax.random.split(k_mix)
-            if cfg.mixup_alpha and cfg.cutmix_alpha:
-                use_cut = jax.random.bernoulli(k_choice)
-                xm, tm = mixup(k_m, x, targets, cfg.mixup_alpha)
-                xc, tc = cutmix(k_m, x, targets, cfg.cutmix_alpha)
-                x, targets = jnp.where(use_cut, xc, xm), jnp.where(use_cut, tc, tm)
-            elif cfg.mixup_alpha:
-                x, targets = mixup(k_m, x, targets, cfg.mixup_alpha)
-            else:
-                x, targets = cutmix(k_m, x, targets, cfg.cutmix_alpha)
-        if cfg.label_smoothing:
-            targets = optax.smooth_labels(targets, cfg.label_smoothing)
-        t_logits = None
-        if teacher is not None and cfg.distill_alpha:
-            t_model, t_vars = teacher
-            t_logits = jax.lax.stop_gradient(
-                split_outputs(t_model.apply(t_vars, x, train=False))[0].astype(jnp.float32)
-            )
-
-        def criterion(logits):
-            if seg:
-                return cross_entropy(logits, labels)
-            return jnp.mean(_xent(logits, targets))
+        k_aug, k_mix, k_drop = jax.random.split(jax.random.fold_in(rng, state.step), 3)
+        x, targets, labels = inputs_and_targets(k_aug, k_mix, batch, cfg)
+        t_logits = _teacher_logits(teacher, x) if distill else None
 
         def loss_fn(params):
-            out, upd = _apply(
-                model,
-                {"params": params, "batch_stats": state.batch_stats},
-                x,
-                k_drop,
-                cfg.bn_groups,
-                cfg.frozen_head,
-            )
+            variables = {"params": params, "batch_stats": state.batch_stats}
+            out, upd = _apply(model, variables, x, k_drop, cfg.bn_groups, cfg.frozen_head)
             logits, aux = split_outputs(out)
             logits = logits.astype(jnp.float32)
-            loss = criterion(logits)
-            for a in aux:
-                loss = loss + cfg.aux_loss_weight * criterion(a)
-            if t_logits is not None:
-                a = cfg.distill_alpha
-                if cfg.distill_hard:
-                    pseudo = jax.nn.one_hot(jnp.argmax(t_logits, -1), cfg.num_classes)
-                    kd = jnp.mean(_xent(logits, pseudo))
-                else:
-                    t = cfg.distill_temperature
-                    p_t = jax.nn.softmax(t_logits / t)
-                    kd = (
-                        t
-                        * t
-                        * jnp.mean(
-                            jnp.sum(
-                                p_t
-                                * (
-                                    jax.nn.log_softmax(t_logits / t)
-                                    - jax.nn.log_softmax(logits / t)
-                                ),
-                                -1,
-                            )
-                        )
-                    )
-                loss = (1 - a) * loss + a * kd
+            loss = supervised_loss(logits, aux, targets, cfg)
+            if distill:
+                kd = distillation_loss(
+                    logits, t_logits, temperature=cfg.distill_temperature, hard=cfg.distill_hard
+                )
+                loss = (1 - cfg.distill_alpha) * loss + cfg.distill_alpha * kd
             return loss, (logits, upd.get("batch_stats", state.batch_stats))
 
-        ls = state.loss_scale
-        if ls is None:
-            grad_fn = loss_fn
-        else:
-
-            def grad_fn(params):
-                loss, aux = loss_fn(params)
-                return loss * ls.scale, (loss, aux)
-
-        (out, aux), grads = jax.value_and_grad(grad_fn, has_aux=True)(state.params)
-        if ls is None:
-            loss, (logits, new_stats) = out, aux
-        else:
-            loss, (logits, new_stats) = aux
-            grads = jax.tree.map(lambda g: g / ls.scale, grads)
-        loss_ok = jnp.isfinite(loss)
-        grads_ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-        finite = loss_ok & grads_ok
+        (loss, (logits, new_stats)), grads = scaled_value_and_grad(
+            loss_fn, state.params, state.loss_scale
+        )
+        loss_ok, grads_ok = jnp.isfinite(loss), all_finite(grads)
         updates, new_opt = tx.update(grads, state.opt_state, state.params, value=loss)
         new_params = optax.apply_updates(state.params, updates)
-        new_ema = state.ema_params
-        if state.ema_params is not None:
-            d = cfg.ema_decay
-            new_ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, state.ema_params, new_params)
-        keep = partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
-        new_ls, nonfinite = None, ~finite
-        if ls is not None:
-            overflow = loss_ok & ~grads_ok & (ls.scale > MIN_LOSS_SCALE)
-            nonfinite = ~finite & ~overflow
-            grow = finite & (ls.good_steps + 1 >= cfg.loss_scale_period)
-            new_ls = LossScale(
-                scale=jnp.where(
-                    overflow,
-                    jnp.maximum(ls.scale / 2, MIN_LOSS_SCALE),
-                    jnp.where(grow, ls.scale * 2, ls.scale),
-                ),
-                good_steps=jnp.where(finite & ~grow, ls.good_steps + 1, 0).astype(jnp.int32),
-            )
-        new_state = TrainState(
-            step=state.step + 1,
-            params=keep(new_params, state.params),
-            batch_stats=keep(new_stats, state.batch_stats),
-            opt_state=keep(new_opt, state.opt_state),
-            ema_params=None if new_ema is None else keep(new_ema, state.ema_params),
-            loss_scale=new_ls,
+        updated = state.replace(
+            params=new_params,
+            batch_stats=new_stats,
+            opt_state=new_opt,
+            ema_params=ema_update(state.ema_params, new_params, cfg.ema_decay),
         )
-        hit = jnp.argmax(logits, -1) == labels
-        if seg:  # pixel accuracy over the labelled pixels
-            valid = labels != IGNORE_INDEX
-            accuracy = jnp.sum(hit & valid) / jnp.maximum(jnp.sum(valid), 1)
-        else:
-            accuracy = jnp.mean(hit)
-        metrics = {
-            "loss": loss,
-            "accuracy": accuracy,
-            "grad_norm": optax.tree.norm(grads),
-            "nonfinite": nonfinite.astype(jnp.int32),
-        }
-        if ls is not None:
+        new_state = keep_if_finite(loss_ok & grads_ok, updated, state)
+        new_state = new_state.replace(step=state.step + 1)
+        overflow = jnp.zeros((), bool)
+        if state.loss_scale is not None:
+            new_ls, overflow = next_loss_scale(
+                state.loss_scale, loss_ok=loss_ok, grads_ok=grads_ok, period=cfg.loss_scale_period
+            )
+            new_state = new_state.replace(loss_scale=new_ls)
+        nonfinite = ~(loss_ok & grads_ok) & ~overflow  # an overflow is not a divergence
+        metrics = train_metrics(loss, logits, labels, grads, nonfinite, segmentation=seg)
+        if state.loss_scale is not None:
             metrics["overflow"] = overflow.astype(jnp.int32)
-            metrics["loss_scale"] = ls.scale
+            metrics["loss_scale"] = state.loss_scale.scale
         return new_state, metrics
 
     rep = replicated(mesh)
@@ -446,6 +519,13 @@ def make_train_step(
         donate_argnums=(0,),
         compiler_options=_compiler_options(mesh),
     )
+
+
+def _teacher_logits(teacher: tuple[nn.Module, Any], x: jax.Array) -> jax.Array:
+    """The teacher's eval-mode float32 logits, a constant for the student's gradient."""
+    t_model, t_vars = teacher
+    out = split_outputs(t_model.apply(t_vars, x, train=False))[0]
+    return jax.lax.stop_gradient(out.astype(jnp.float32))
 
 
 def make_eval_step(

@@ -4,8 +4,8 @@ the CLI, and a short run on digits reaching a stated accuracy."""
 import json
 import os
 
+import chex
 import jax
-import numpy as np
 import pytest
 
 from flaxcnn.train import cli, loop, steps
@@ -25,7 +25,7 @@ def test_resume_is_exact_and_checkpoints_move_between_device_counts(tiny_config,
     resumed = loop.train(part, resume=True)
     assert resumed["step"] == 4
     # Bitwise: same params, BN statistics and optimizer state as the uninterrupted run.
-    jax.tree.map(np.testing.assert_array_equal, _params(resumed["state"]), _params(full["state"]))
+    chex.assert_trees_all_equal(_params(resumed["state"]), _params(full["state"]))
     rows = [json.loads(x) for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 4]
     assert os.path.isfile(full["plot"]) and 0 <= full["top1"] <= full["top5"] <= 1
@@ -45,13 +45,13 @@ def test_resume_is_exact_and_checkpoints_move_between_device_counts(tiny_config,
     like1 = loop._fresh_state(s1)
     on1 = Checkpointer(tmp_path / "full" / "checkpoints", async_save=False).restore(like1)
     assert on1.params["conv1"]["kernel"].sharding.mesh.devices.size == 1
-    jax.tree.map(np.testing.assert_array_equal, _params(on1), _params(full["state"]))
+    chex.assert_trees_all_equal(_params(on1), _params(full["state"]))
     ck = Checkpointer(tmp_path / "one", async_save=False)
     ck.save(on1, None)
     s8 = loop.setup(part)
     on8 = ck.restore(loop._fresh_state(s8))
     assert on8.params["conv1"]["kernel"].sharding.mesh.devices.size == 8
-    jax.tree.map(np.testing.assert_array_equal, _params(on8), _params(full["state"]))
+    chex.assert_trees_all_equal(_params(on8), _params(full["state"]))
 
 
 def test_resume_without_checkpoint_is_an_error(tiny_config, tmp_path, capsys):
@@ -192,7 +192,7 @@ def test_float16_overflows_neither_stop_nor_block_checkpoints_and_tensorboard(
     student.distill.update(alpha=0.5, teacher="lenet5", checkpoint=str(tmp_path / "checkpoints"))
     _, variables = loop._teacher(loop.setup(student))
     got, want = steps.to_host((variables["params"], out["state"].params))
-    jax.tree.map(np.testing.assert_array_equal, got, want)
+    chex.assert_trees_all_equal(got, want)
 
     # The float16 checkpoint evaluates under a float32 config (no loss scale to restore).
     as_fp32 = tiny_config(str(tmp_path / "eval"), model="lenet5", model_kwargs={}, image_size=32)
@@ -220,8 +220,8 @@ def test_restore_variables_prefers_the_ema_weights(tmp_path):
     reader = Checkpointer(tmp_path, async_save=False, keep_best=False)
     ema = steps.to_host(reader.restore_variables(like)["params"])
     raw = steps.to_host(reader.restore_variables(like, prefer_ema=False)["params"])
-    jax.tree.map(np.testing.assert_array_equal, ema, steps.to_host(state.ema_params))
-    jax.tree.map(np.testing.assert_array_equal, raw, steps.to_host(state.params))
+    chex.assert_trees_all_equal(ema, steps.to_host(state.ema_params))
+    chex.assert_trees_all_equal(raw, steps.to_host(state.params))
 
 
 def test_diverging_run_stops_with_a_hint_after_max_nonfinite_steps(tiny_config, tmp_path):

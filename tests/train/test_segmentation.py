@@ -4,6 +4,7 @@ auxiliary map; masks follow the crop and the flip; task mismatches fail at start
 
 import json
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -40,7 +41,7 @@ def test_unet_trains_resumes_exactly_and_eval_metrics_equal_numpy(seg_config, tm
         steps.to_host((r["state"].params, r["state"].batch_stats, r["state"].opt_state))
         for r in (resumed, full)
     )
-    jax.tree.map(np.testing.assert_array_equal, got, want)
+    chex.assert_trees_all_equal(got, want)
     rows = [json.loads(x) for x in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     assert {"eval_loss", "miou", "pixel_accuracy", "train_accuracy"} <= set(rows[-1])

@@ -4,6 +4,7 @@ optimizer's weight-decay mask, frozen backbone and reduce-on-plateau."""
 
 from typing import Any
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -13,7 +14,7 @@ import pytest
 
 import flaxcnn
 from flaxcnn.layers import BatchNorm2d
-from flaxcnn.train import optim, steps
+from flaxcnn.train import augment, optim, steps
 
 TINY = {"stem_type": "cifar", "stage_sizes": (1,)}  # as conftest's tiny model
 SHAPE = (16, 12, 12, 1)
@@ -53,9 +54,8 @@ def test_given_variables_survive_the_donating_step():
     state = steps.create_train_state(model, tx, jax.random.key(0), SHAPE, mesh, variables=variables)
     step = steps.make_train_step(model, tx, steps.StepConfig(num_classes=10), mesh)
     state, _ = step(state, steps.shard_batch(_batch(), mesh), jax.random.key(1))
-    for leaf, want in zip(jax.tree.leaves(variables), jax.tree.leaves(before), strict=True):
-        assert not leaf.is_deleted()
-        np.testing.assert_array_equal(leaf, want)
+    assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(variables))
+    chex.assert_trees_all_equal(variables, before)
     moved = jax.tree.map(lambda a, b: not np.array_equal(a, b), state.params, before["params"])
     assert any(jax.tree.leaves(moved))  # the state did train
 
@@ -107,7 +107,7 @@ def test_nonfinite_step_changes_nothing():
     after = steps.to_host(after)
     assert int(after.step) == int(before.step) + 1
     for name in ("params", "batch_stats", "opt_state"):
-        jax.tree.map(np.testing.assert_array_equal, getattr(after, name), getattr(before, name))
+        chex.assert_trees_all_equal(getattr(after, name), getattr(before, name))
 
 
 def test_mixed_precision_keeps_float32_params_and_stats():
@@ -229,7 +229,7 @@ def test_ema_after_one_step_is_the_decayed_average(fp16_ema_step):
     state, _ = step(state, _images())
     new, ema = steps.to_host((state.params, state.ema_params))
     want = jax.tree.map(lambda o, n: 0.5 * o + 0.5 * n, old, new)
-    jax.tree.map(lambda e, w: np.testing.assert_allclose(e, w, rtol=1e-6, atol=1e-8), ema, want)
+    chex.assert_trees_all_close(ema, want, rtol=1e-6, atol=1e-8)
     assert all(jax.tree.leaves(_changed(ema, old))) and all(jax.tree.leaves(_changed(ema, new)))
 
 
@@ -246,7 +246,7 @@ def test_float16_overflow_skips_update_halves_scale_and_is_not_nonfinite(fp16_em
     assert float(after.loss_scale.scale) == 2.0**59 and int(after.loss_scale.good_steps) == 0
     assert int(after.step) == int(before.step) + 1
     for name in ("params", "batch_stats", "opt_state", "ema_params"):
-        jax.tree.map(np.testing.assert_array_equal, getattr(after, name), getattr(before, name))
+        chex.assert_trees_all_equal(getattr(after, name), getattr(before, name))
 
 
 def test_float16_loss_scale_doubles_after_period_finite_steps(fp16_ema_step):
@@ -357,7 +357,7 @@ def test_freeze_backbone_changes_only_the_classifier():
         assert set(after[0]) == {"conv", "bn", "fc"}
         assert all(jax.tree.leaves(_changed(after[0]["fc"], before[0]["fc"])))
         for name in ("conv", "bn"):
-            jax.tree.map(np.testing.assert_array_equal, after[0][name], before[0][name])
+            chex.assert_trees_all_equal(after[0][name], before[0][name])
         stats_moved = jax.tree.leaves(_changed(after[1], before[1]))
         assert all(stats_moved) if not frozen_head else not any(stats_moved)
 
@@ -403,3 +403,184 @@ def test_reduce_on_plateau_scales_updates_after_patience():
     # improve on it; at the second (= patience) the scale drops, from the 6th update on.
     assert lr_scales([1.0] * 8) == [1.0] * 5 + [0.5] * 3
     assert lr_scales([8.0 - i for i in range(8)]) == [1.0] * 8  # improving: no drop
+
+
+# --- The step's parts: pure functions, each checked on its own with tiny inputs. ---
+
+
+def _mix_inputs():
+    batch = _images()
+    return jnp.asarray(batch["image"]), jax.nn.one_hot(batch["label"], 10)
+
+
+def test_mix_batch_computes_only_the_mix_it_applies():
+    """With no alpha set, the batch unchanged; with one, exactly that mix (the same program
+    as calling it with the step's key split as the step splits it); with both, Mixup or
+    CutMix with probability 1/2 each (timm's switch), exactly the chosen one, both chosen
+    over a few keys, and the choice a ``cond`` (one branch runs) rather than both computed
+    and one selected."""
+    x, y = _mix_inputs()
+    key = jax.random.key(3)
+    chex.assert_trees_all_equal(steps.mix_batch(key, x, y, 0.0, 0.0), (x, y))
+
+    def program(f):
+        return str(jax.make_jaxpr(f)(key))
+
+    def sub(k):
+        _, k_mix = jax.random.split(k)
+        return k_mix
+
+    assert program(lambda k: steps.mix_batch(k, x, y, 0.2, 0.0)) == program(
+        lambda k: augment.mixup(sub(k), x, y, 0.2)
+    )
+    assert program(lambda k: steps.mix_batch(k, x, y, 0.0, 1.0)) == program(
+        lambda k: augment.cutmix(sub(k), x, y, 1.0)
+    )
+    eqns = jax.make_jaxpr(lambda k: steps.mix_batch(k, x, y, 0.2, 1.0))(key).eqns
+    assert [e.primitive.name for e in eqns].count("cond") == 1
+
+    @jax.jit
+    def both(k):
+        k_choice, k_mix = jax.random.split(k)
+        want = (augment.mixup(k_mix, x, y, 0.2), augment.cutmix(k_mix, x, y, 1.0))
+        return steps.mix_batch(k, x, y, 0.2, 1.0), want, jax.random.bernoulli(k_choice)
+
+    chose = []
+    for k in jax.random.split(key, 6):
+        got, want, cut = jax.device_get(both(k))
+        chex.assert_trees_all_close(got, want[int(cut)], rtol=1e-6, atol=1e-7)
+        chose.append(bool(cut))
+    assert any(chose) and not all(chose)
+
+
+def test_distillation_loss_is_scaled_kl_or_hard_cross_entropy():
+    rng = np.random.default_rng(0)
+    s = rng.normal(size=(4, 5)).astype(np.float32)
+    t = 3 * rng.normal(size=(4, 5)).astype(np.float32)
+    temp = 2.0
+    log_pt, log_ps = _log_softmax(t / temp), _log_softmax(s / temp)
+    kl = temp * temp * np.mean(np.sum(np.exp(log_pt) * (log_pt - log_ps), -1))
+    soft = steps.distillation_loss(jnp.asarray(s), jnp.asarray(t), temperature=temp, hard=False)
+    assert float(soft) == pytest.approx(kl, rel=1e-5)
+    same = steps.distillation_loss(jnp.asarray(t), jnp.asarray(t), temperature=temp, hard=False)
+    assert abs(float(same)) < 1e-6
+    ce = -np.mean(_log_softmax(s)[np.arange(4), t.argmax(-1)])
+    hard = steps.distillation_loss(jnp.asarray(s), jnp.asarray(t), temperature=temp, hard=True)
+    assert float(hard) == pytest.approx(ce, rel=1e-5)
+
+
+def test_supervised_loss_adds_weighted_aux_and_ignores_unlabelled_pixels():
+    rng = np.random.default_rng(1)
+    logits, aux = (jnp.asarray(rng.normal(size=(3, 4)), jnp.float32) for _ in range(2))
+    targets = jax.nn.one_hot(jnp.array([0, 2, 3]), 4)
+    cfg = steps.StepConfig(4, aux_loss_weight=0.3)
+    main = steps.supervised_loss(logits, [], targets, cfg)
+    want = -np.mean(np.sum(np.asarray(targets) * _log_softmax(np.asarray(logits)), -1))
+    assert float(main) == pytest.approx(want, rel=1e-6)
+    both = steps.supervised_loss(logits, [aux], targets, cfg)
+    assert float(both) == pytest.approx(
+        float(main) + 0.3 * float(steps.supervised_loss(aux, [], targets, cfg)), rel=1e-6
+    )
+    seg = steps.StepConfig(2, task="segmentation")
+    pix = jnp.asarray(rng.normal(size=(1, 2, 2, 2)), jnp.float32)
+    labels = jnp.array([[[0, 1], [255, 1]]])
+    keep = np.asarray(labels) != 255
+    nll = -np.take_along_axis(
+        _log_softmax(np.asarray(pix)), np.where(keep, labels, 0)[..., None], -1
+    )
+    got = steps.supervised_loss(pix, [], labels, seg)
+    assert float(got) == pytest.approx(float(nll[..., 0][keep].mean()), rel=1e-6)
+
+
+def test_scaled_value_and_grad_returns_unscaled_loss_and_gradients():
+    def loss_fn(p):
+        return jnp.sum(p["w"] ** 2), p["w"]
+
+    params = {"w": jnp.array([1.0, -2.0, 0.5])}
+    plain = steps.scaled_value_and_grad(loss_fn, params, None)
+    scaled = steps.scaled_value_and_grad(loss_fn, params, steps.LossScale.create(2.0**10))
+    chex.assert_trees_all_close(scaled, plain, rtol=0, atol=0)
+    chex.assert_trees_all_equal(plain[1], {"w": 2 * params["w"]})
+
+
+@pytest.mark.parametrize(
+    "scale, good, loss_ok, grads_ok, want_scale, want_good, overflow",
+    [
+        (8.0, 0, True, True, 8.0, 1, False),  # finite, below the period: count it
+        (8.0, 2, True, True, 16.0, 0, False),  # the period-th finite step in a row doubles
+        (8.0, 2, True, False, 4.0, 0, True),  # gradients overflow: halve
+        (1.5, 0, True, False, 1.0, 0, True),  # ... not below the floor
+        (1.0, 2, True, False, 1.0, 0, False),  # at the floor: no overflow, a non-finite step
+        (8.0, 2, False, False, 8.0, 0, False),  # non-finite loss: the scale cannot help
+    ],
+)
+def test_next_loss_scale(scale, good, loss_ok, grads_ok, want_scale, want_good, overflow):
+    ls = steps.LossScale(jnp.float32(scale), jnp.int32(good))
+    new, got_overflow = steps.next_loss_scale(
+        ls, loss_ok=jnp.bool_(loss_ok), grads_ok=jnp.bool_(grads_ok), period=3
+    )
+    assert (float(new.scale), int(new.good_steps), bool(got_overflow)) == (
+        want_scale,
+        want_good,
+        overflow,
+    )
+    assert new.scale.dtype == jnp.float32 and new.good_steps.dtype == jnp.int32
+
+
+def test_keep_if_finite_and_ema_update_over_a_state():
+    old = steps.TrainState(
+        step=jnp.int32(3),
+        params={"w": jnp.ones(3)},
+        batch_stats={"mean": jnp.zeros(2)},
+        opt_state=(optax.EmptyState(), {"w": jnp.full(3, 0.5)}),
+        ema_params={"w": jnp.ones(3)},
+        loss_scale=steps.LossScale.create(4.0),
+    )
+    new = jax.tree.map(lambda a: a + 1, old)
+    chex.assert_trees_all_equal(steps.keep_if_finite(jnp.bool_(True), new, old), new)
+    chex.assert_trees_all_equal(steps.keep_if_finite(jnp.bool_(False), new, old), old)
+    no_ema = old.replace(ema_params=None)
+    kept = steps.keep_if_finite(jnp.bool_(False), no_ema.replace(step=jnp.int32(9)), no_ema)
+    assert kept.ema_params is None and int(kept.step) == 3
+    ema = steps.ema_update({"w": jnp.zeros(2)}, {"w": jnp.array([1.0, 2.0])}, 0.75)
+    chex.assert_trees_all_close(ema, {"w": jnp.array([0.25, 0.5])})
+    assert steps.ema_update(None, {"w": jnp.ones(2)}, 0.75) is None
+
+
+def test_all_finite_sees_a_nan_or_inf_in_any_leaf():
+    tree = {"a": jnp.ones(3), "b": {"c": jnp.zeros((2, 2))}}
+    assert bool(steps.all_finite(tree))
+    for bad in (jnp.nan, jnp.inf):
+        assert not bool(steps.all_finite({**tree, "b": {"c": jnp.zeros((2, 2)).at[1, 0].set(bad)}}))
+
+
+def test_train_metrics_accuracy_grad_norm_and_flags():
+    logits = jnp.array([[2.0, 1.0], [0.0, 3.0], [5.0, 0.0]])  # predicts 0, 1, 0
+    grads = {"a": jnp.array([3.0]), "b": jnp.array([[4.0]])}
+    m = steps.train_metrics(
+        jnp.float32(0.5), logits, jnp.array([0, 0, 0]), grads, jnp.bool_(True), segmentation=False
+    )
+    assert float(m["accuracy"]) == pytest.approx(2 / 3) and float(m["grad_norm"]) == 5.0
+    assert m["nonfinite"].dtype == jnp.int32 and int(m["nonfinite"]) == 1 and m["loss"] == 0.5
+    pix = jnp.array([[[[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [1.0, 0.0]]]])  # predicts 0 1 / 0 0
+    labels = jnp.array([[[0, 0], [255, 0]]])  # one right, one wrong, one unlabelled, one right
+    seg = steps.train_metrics(
+        jnp.float32(0.1), pix, labels, grads, jnp.bool_(False), segmentation=True
+    )
+    assert float(seg["accuracy"]) == pytest.approx(2 / 3) and int(seg["nonfinite"]) == 0
+
+
+def test_inputs_and_targets_normalise_one_hot_and_smooth():
+    batch = {"image": jnp.full((2, 4, 4, 1), 0.75), "label": jnp.array([1, 3])}
+    cfg = steps.StepConfig(4, mean=(0.5,), std=(0.25,), label_smoothing=0.2)
+    key, prepare = jax.random.key(0), jax.jit(steps.inputs_and_targets)
+    x, targets, labels = prepare(key, key, batch, cfg)
+    chex.assert_trees_all_close(x, jnp.ones((2, 4, 4, 1)))
+    chex.assert_trees_all_close(targets[0], jnp.array([0.05, 0.85, 0.05, 0.05]), atol=1e-7)
+    chex.assert_trees_all_equal(labels, batch["label"])
+    seg = steps.StepConfig(4, task="segmentation")
+    masks = jnp.arange(32).reshape(2, 4, 4) % 4
+    images = masks[..., None].astype(jnp.float32) / 4
+    x, targets, labels = prepare(key, key, {"image": images, "label": masks}, seg)
+    chex.assert_trees_all_equal((targets, labels), (masks, masks))  # the class map, not one-hot
+    chex.assert_trees_all_close(x, (images - 0.5) / 0.5)

@@ -4,6 +4,8 @@
 
 Any field can be overridden on the command line: ``--config.optim.learning_rate=0.05``,
 ``--config.model_kwargs.stem_type=cifar`` (new keys under ``model_kwargs`` are allowed).
+Every field's type and range is checked before a run starts (``flaxcnn.train.checks``): a
+new field here needs its check there.
 """
 
 from ml_collections import ConfigDict
