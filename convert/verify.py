@@ -49,6 +49,7 @@ from .core import ConversionError
 __all__ = [
     "CheckResult",
     "compare_outputs",
+    "default_grad_size",
     "VerifyResult",
     "build_torch_model",
     "no_drop",
@@ -64,6 +65,16 @@ ODD_SIZE = (97, 131)
 # cost of a 600x600 EfficientNet-B7 pass is seconds, and mixing between samples (flatten
 # order, BN over the batch axis) is checked at the odd size, always with ``batch`` images.
 LARGE_IMAGE = 320 * 320
+
+# The gradient check (``verify(..., grad=True)``): float64 on both sides, so that a kink
+# (ReLU, max pool) cannot turn rounding into a discrete difference, as it does in float32
+# (torch's own float32 ResNet-50 gradients are 2e-2 of the largest away from its float64
+# ones). What is left is summation order: 1e-9 of the largest gradient is far above it.
+GRAD_RTOL = 1e-9
+# The SGD step as flaxcnn.train builds it from its default config (train/configs/default.py):
+# momentum, Nesterov, L2 weight decay masked off 1-D parameters.
+GRAD_SGD = {"learning_rate": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4}
+
 _HOOKS: dict[str, Callable[[Any, Any], None]] = {}
 
 
@@ -83,6 +94,7 @@ class CheckResult:
     bound: float
     stats_max_rel_diff: float | None = None
     stats_bound: float | None = None
+    worst: str | None = None  # the tensor with the largest difference (gradient checks)
 
     @property
     def ok(self) -> bool:
@@ -97,6 +109,8 @@ class CheckResult:
         )
         if self.stats_max_rel_diff is not None:
             s += f", running stats rel Δ={self.stats_max_rel_diff:.3g} (bound {self.stats_bound:.0e})"
+        if self.worst is not None:
+            s += f", worst {self.worst}"
         return s + ("" if self.ok else "  FAIL")
 
 
@@ -241,6 +255,9 @@ def verify(
     overrides: dict[str, Any] | None = None,
     export: bool = True,
     kernels: str | None = None,
+    grad: bool = False,
+    grad_size: tuple[int, int] | None = None,
+    grad_rtol: float = GRAD_RTOL,
 ) -> VerifyResult:
     """Compare the torch model ``name`` from ``source`` with its conversion (see module doc).
 
@@ -248,22 +265,46 @@ def verify(
     ``overrides`` to the flaxcnn module, for options both libraries have (e.g. dilated ResNets).
     ``kernels``: ``'auto'`` or ``'portable'`` (:func:`flaxcnn.kernels`); ``None``, the mode
     in force (``$FLAXCNN_KERNELS``, default ``'auto'``).
+
+    ``grad``: also prove the training step, in float64 on both sides (``jax_enable_x64``
+    for the check only): the torch model ``.double()`` and flaxcnn with
+    ``dtype=param_dtype=float64``, train mode, dropout and drop-path off, the cross-entropy
+    of every output (summed) on fixed random labels, at ``grad_size`` (default
+    :func:`default_grad_size`), ``batch`` images. Checks ``loss``, ``grad`` (every parameter's
+    gradient, by name through the converter's names) and ``sgd`` (the parameters after two
+    SGD updates with those gradients, flaxcnn.train's optimizer against ``torch.optim.SGD``
+    with the same momentum, Nesterov, weight decay and no-decay set), each within
+    ``max|Δ| <= grad_rtol * max(1, max|ref|)``. ``modes=()`` and ``export=False`` leave
+    only these.
     """
     mode = kernels or kernel_mode()
+    if not (modes or export or grad):
+        raise ValueError("verify: nothing to check (no modes, export=False, grad=False)")
     with kernel_paths(mode):
-        result = _verify(
-            name,
-            source,
-            sizes,
-            modes,
-            batch,
-            seed,
-            rtol,
-            stats_rtol,
-            torch_kwargs,
-            overrides,
-            export,
-        )
+        result = None
+        if modes or export:
+            result = _verify(
+                name,
+                source,
+                sizes,
+                modes,
+                batch,
+                seed,
+                rtol,
+                stats_rtol,
+                torch_kwargs,
+                overrides,
+                export,
+            )
+        if grad:
+            ref, checks = _grad_checks(
+                name, source, grad_size, batch, seed, grad_rtol, torch_kwargs, overrides
+            )
+            if result is None:  # the float64 models' counts: the float32 ones are not built
+                result = VerifyResult(
+                    source, name, ref.flax_name, ref.torch_params, ref.flax_params, []
+                )
+            result.checks += checks
     result.kernels = mode
     return result
 
@@ -428,9 +469,255 @@ def compare_outputs(got: Sequence[np.ndarray], ref: Sequence[np.ndarray]) -> tup
         if g.shape != r.shape:
             diffs.append(float("inf"))
             continue
-        g64, r64 = g.astype(np.float64), r.astype(np.float64)
+        g64, r64 = np.asarray(g, np.float64), np.asarray(r, np.float64)  # no copy if float64
         with np.errstate(invalid="ignore"):  # inf - inf is NaN: a difference, unless equal
             d = np.abs(g64 - r64)
         d[np.isinf(g64) & (g64 == r64)] = 0.0  # the same infinity
         diffs.append(float(np.max(d, initial=0.0)))
     return _nan_max(diffs), _nan_max(maxes)
+
+
+def default_grad_size(spec) -> tuple[int, int]:
+    """The input size of the gradient check: small, odd and non-square (windows and strides
+    meet the edges unevenly), at least the model's ``min_size``: 65x97 for most models,
+    299x331 for Inception-V3 with its aux head (at 224x224 a float64 ResNet-50 backward
+    pass is minutes of CPU; at 65x97 seconds)."""
+    h = max(65, spec.min_size) | 1
+    return h, (h + 32) | 1
+
+
+def _leaves(y) -> list[Any]:
+    """A model output (array, tuple, list or dict, keys sorted) as a flat list, unconverted."""
+    if isinstance(y, dict):
+        return [a for k in sorted(y) for a in _leaves(y[k])]
+    if isinstance(y, (tuple, list)):
+        return [a for v in y for a in _leaves(v)]
+    return [y]
+
+
+def _cross_entropy(logits, labels):
+    """torch's ``F.cross_entropy`` (mean) on channel-last logits: ``(N, K)`` or ``(N, H, W, K)``."""
+    import jax.numpy as jnp
+
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.mean(jnp.take_along_axis(logp, labels[..., None], axis=-1))
+
+
+@functools.lru_cache(maxsize=4)
+def _grad_fn(module):
+    """Jitted ``(loss, new batch_stats), grads`` of the summed cross-entropy in train mode."""
+
+    def loss_fn(params, rest, x, labels):
+        out, state = module.apply(
+            {"params": params, **rest}, x, train=True, mutable=["batch_stats"]
+        )
+        outs = _leaves(out)
+        if len(outs) != len(labels):
+            raise AssertionError(f"flax returned {len(outs)} outputs, torch {len(labels)}")
+        return sum(_cross_entropy(o, t) for o, t in zip(outs, labels, strict=True)), state
+
+    return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+
+
+def _torch_to_flax(tree_sd, module, spec, source):
+    """A torch-named state dict (gradients or parameters) in the Flax layout, by the
+    converter's own names and transforms (all of them permutations and reshapes, so they
+    map gradients exactly as they map weights): ``(flat params, {flax path: torch key})``."""
+    from .api import _input_shape
+    from .core import convert_state_dict, get_rules, variable_shapes
+
+    shapes = variable_shapes(module, _input_shape(module, spec))
+    variables, report = convert_state_dict(
+        tree_sd, shapes, get_rules(spec.family, source), strict=True
+    )
+    names = {t: k for k, t in report.mapping.items()}
+    flat = traverse_util.flatten_dict(dict(variables["params"]))
+    return flat, {p: names[("params", *p)] for p in flat}
+
+
+def _compare_trees(mode, size, got_flat, ref_flat, names, rtol) -> CheckResult:
+    """Every tensor compared by name: ``max|Δ|`` over all of them, bound on the largest
+    reference value; a tensor on one side only is an infinite difference."""
+    worst, worst_name, ref_max = 0.0, None, 0.0
+    for path in sorted(set(got_flat) | set(ref_flat)):
+        if path not in got_flat or path not in ref_flat:
+            d, r = float("inf"), 0.0
+        else:
+            d, r = compare_outputs([np.asarray(got_flat[path])], [np.asarray(ref_flat[path])])
+        ref_max = _nan_max([ref_max, r])
+        if not (d <= worst or np.isnan(worst)):  # a NaN is the worst, and stays it
+            worst, worst_name = d, names.get(path, "/".join(path))
+    return CheckResult(mode, size, worst, ref_max, rtol * max(1.0, ref_max), worst=worst_name)
+
+
+def _grad_checks(
+    name, source, size, batch, seed, rtol, torch_kwargs, overrides
+) -> tuple[_Reference, list[CheckResult]]:
+    """The float64 gradient and SGD-step comparison (``verify(..., grad=True)``) on the
+    kernel paths in force. torch's side does not depend on them: checking one pair on both
+    paths one after the other computes it once (:func:`_torch_reference`)."""
+    with jax.enable_x64(True):
+        ref = _torch_reference(
+            name, source, size, batch, seed, _frozen(torch_kwargs), _frozen(overrides)
+        )
+        (loss, _), grads = _grad_fn(ref.module)(
+            ref.variables["params"],
+            {k: v for k, v in ref.variables.items() if k != "params"},
+            _to_device_nhwc(ref.x),
+            [jax.device_put(t) for t in ref.labels],
+        )
+        new_params, _ = _sgd_steps(ref.variables["params"], grads)
+    size = ref.x.shape[2:]
+    flat = traverse_util.flatten_dict
+    return ref, [
+        CheckResult(
+            "loss", size, abs(float(loss) - ref.loss), abs(ref.loss), rtol * max(1.0, abs(ref.loss))
+        ),
+        _compare_trees("grad", size, flat(dict(grads)), ref.grads, ref.names, rtol),
+        _compare_trees("sgd", size, flat(dict(new_params)), ref.params_after, ref.names, rtol),
+    ]
+
+
+def _frozen(kwargs: dict[str, Any] | None) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted((kwargs or {}).items()))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Reference:
+    """torch's float64 training step on one pair, and the converted float64 model."""
+
+    flax_name: str
+    torch_params: int
+    flax_params: int
+    module: Any
+    variables: Any  # float64, converted from the torch model before the step
+    x: np.ndarray  # NCHW float64 batch
+    labels: list[np.ndarray]
+    loss: float
+    grads: dict  # flat Flax paths -> torch's gradients, in the Flax layout
+    params_after: dict  # likewise, the parameters after torch's two SGD updates
+    names: dict  # flat Flax path -> torch name
+
+
+@functools.lru_cache(maxsize=1)
+def _torch_reference(name, source, size, batch, seed, torch_kwargs, overrides) -> _Reference:
+    """torch ``.double()`` in train mode (dropout and drop-path off): the summed
+    cross-entropy of every output on seeded random labels, its gradients, and two
+    ``torch.optim.SGD`` updates with them. Runs under ``jax_enable_x64``."""
+    import jax.numpy as jnp
+    import torch
+    import torch.nn.functional as F
+
+    spec, tmodel = random_torch_model(
+        name, source=source, seed=seed, torch_kwargs=dict(torch_kwargs)
+    )
+    f64 = {"dtype": jnp.float64, "param_dtype": jnp.float64}
+    lacking = [f for f in f64 if f not in spec.fields]
+    if lacking:
+        raise ValueError(f"{spec.name} has no {' or '.join(lacking)} field: no float64 check")
+    tmodel = tmodel.double().train()
+    _disable_dropout(tmodel)
+    module, variables = from_torch(
+        name, tmodel, source=source, **{**no_drop(spec), **f64, **dict(overrides)}
+    )
+    flat_vars = traverse_util.flatten_dict(dict(variables))
+    narrow = ["/".join(p) for p, a in flat_vars.items() if a.dtype != jnp.float64]
+    if narrow:
+        raise AssertionError(
+            f"{spec.name} with param_dtype=float64 keeps {len(narrow)} variables in another "
+            f"dtype, e.g. {narrow[0]}"
+        )
+
+    size = tuple(size or default_grad_size(spec))
+    c = getattr(module, "in_chans", spec.input_size[2])
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, c, *size))
+    tmodel.zero_grad(set_to_none=True)
+    touts = _leaves(tmodel(torch.from_numpy(x)))
+    labels = [rng.integers(0, o.shape[1], size=(o.shape[0], *o.shape[2:])) for o in touts]
+    tloss = sum(F.cross_entropy(o, torch.from_numpy(t)) for o, t in zip(touts, labels, strict=True))
+    tloss.backward()
+
+    named = dict(tmodel.named_parameters())
+    for p in named.values():
+        if p.grad is None:  # an unused parameter: a zero gradient, as JAX gives it
+            p.grad = torch.zeros_like(p)
+    state = tmodel.state_dict()
+
+    def torch_flat(values):
+        # convert_state_dict copies: the arrays may alias torch's memory.
+        sd = {k: values.get(k, v).detach().numpy() for k, v in state.items()}
+        return _torch_to_flax(sd, module, spec, source)
+
+    grads, names = torch_flat({k: p.grad for k, p in named.items()})
+    _, mask = _sgd_steps(variables["params"], None)
+    opt = _torch_sgd(named, names, traverse_util.flatten_dict(dict(mask)))
+    opt.step()
+    opt.step()  # the same gradients again: the momentum buffer now matters
+    params_after, _ = torch_flat(dict(named))
+    return _Reference(
+        spec.name,
+        sum(p.numel() for p in named.values()),
+        sum(int(np.prod(a.shape)) for a in jax.tree.leaves(variables["params"])),
+        module,
+        variables,
+        x,
+        labels,
+        float(tloss.detach()),
+        grads,
+        params_after,
+        names,
+    )
+
+
+def _sgd_steps(params, grads):
+    """Two SGD updates with the same gradients, by the optimizer flaxcnn.train builds:
+    ``(new params, the weight-decay mask it applies)``; ``grads=None``: only the mask."""
+    two_steps, decay_mask = _train_sgd()
+    return None if grads is None else two_steps(params, grads), decay_mask(params)
+
+
+@functools.lru_cache(maxsize=1)
+def _train_sgd():
+    """``(two_steps, decay_mask)``: flaxcnn.train's SGD with :data:`GRAD_SGD`, from a fresh
+    state, two updates with the same gradients (one jitted function)."""
+    try:
+        import ml_collections
+        import optax
+
+        from ..train.optim import build_optimizer, decay_mask
+    except ImportError as e:
+        raise ImportError(
+            f"the gradient check's SGD step is flaxcnn.train's: pip install 'flaxcnn[train]' ({e})"
+        ) from e
+    cfg = ml_collections.ConfigDict({"optimizer": "sgd", "schedule": "constant", **GRAD_SGD})
+    tx = build_optimizer(cfg, total_steps=2)
+
+    @jax.jit
+    def two_steps(params, grads):
+        state = tx.init(params)
+        for _ in range(2):
+            updates, state = tx.update(grads, state, params)
+            params = optax.apply_updates(params, updates)
+        return params
+
+    return two_steps, decay_mask
+
+
+def _torch_sgd(named, names, flat_mask):
+    """``torch.optim.SGD`` with :data:`GRAD_SGD`, weight decay on the parameters whose Flax
+    counterpart flaxcnn.train decays (``flat_mask``, from
+    :func:`flaxcnn.train.optim.decay_mask`), none on the others."""
+    import torch
+
+    decayed = {names[p] for p, d in flat_mask.items() if d}
+    groups = [
+        {"params": [p for k, p in named.items() if (k in decayed) == d], "weight_decay": wd}
+        for d, wd in ((True, GRAD_SGD["weight_decay"]), (False, 0.0))
+    ]
+    return torch.optim.SGD(
+        [g for g in groups if g["params"]],
+        lr=GRAD_SGD["learning_rate"],
+        momentum=GRAD_SGD["momentum"],
+        nesterov=GRAD_SGD["nesterov"],
+    )

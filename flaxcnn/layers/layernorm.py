@@ -18,7 +18,8 @@ class LayerNorm(nn.Module):
     torch's channels-first ``LayerNorm2d`` (torchvision's and timm's ConvNeXt) permutes
     to channels-last and normalises the last axis, so one layer serves both. Differs
     from flax's ``nn.LayerNorm`` in the default ``eps`` (torch's 1e-5; ConvNeXt passes
-    1e-6) and in computing the variance in two passes, in float32, as torch does.
+    1e-6) and in computing the variance in two passes, in the wider of float32 and the compute
+    dtype (float32 under bf16, float64 under float64), as torch does.
 
     Variables: ``params`` ``scale``, ``bias`` (torch ``weight``, ``bias``).
     """
@@ -37,10 +38,12 @@ class LayerNorm(nn.Module):
             if self.use_bias
             else None
         )
-        xf = x.astype(jnp.float32)
+        dtype = self.dtype or jnp.result_type(x.dtype, self.param_dtype)
+        acc = jnp.promote_types(dtype, jnp.float32)
+        xf = x.astype(acc)
         mean = jnp.mean(xf, -1, keepdims=True)
         var = jnp.mean(jnp.square(xf - mean), -1, keepdims=True)
-        y = (xf - mean) * lax.rsqrt(var + self.eps) * scale.astype(jnp.float32)
+        y = (xf - mean) * lax.rsqrt(var + self.eps) * scale.astype(acc)
         if bias is not None:
-            y = y + bias.astype(jnp.float32)
-        return y.astype(self.dtype or jnp.result_type(x.dtype, self.param_dtype))
+            y = y + bias.astype(acc)
+        return y.astype(dtype)

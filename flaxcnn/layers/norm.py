@@ -26,7 +26,9 @@ class BatchNorm2d(nn.Module):
       (flax's momentum is ``1 -`` this).
     * The running variance is updated with the *unbiased* batch variance, while the
       batch is normalised with the biased one, as torch does.
-    * Statistics are always reduced in float32, also under bf16/fp16 compute.
+    * Statistics are reduced in the wider of float32 and the compute dtype: float32 under
+      bf16/fp16 compute, float64 under float64 (``jax_enable_x64``), where the running
+      statistics are float64 too.
 
     In training its derivative is the textbook one (:func:`_batch_norm_train`, two
     reductions of the output gradient), not JAX's derivative of the formula (five);
@@ -55,8 +57,11 @@ class BatchNorm2d(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         c = x.shape[-1]
-        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
-        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+        dtype = self.dtype or jnp.result_type(x.dtype, self.param_dtype)
+        # float32, or float64 for a model computing in float64 (x64 enabled).
+        acc = _stats_dtype(dtype)
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), acc))
+        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), acc))
         scale = (
             shaped_param(self, "scale", self.scale_init, (c,), self.param_dtype)
             if self.use_scale
@@ -68,15 +73,14 @@ class BatchNorm2d(nn.Module):
             else None
         )
 
-        dtype = self.dtype or jnp.result_type(x.dtype, self.param_dtype)
-        scale32 = None if scale is None else scale.astype(jnp.float32)
+        scale_acc = None if scale is None else scale.astype(acc)
         if train and self.axis_name is None:
-            y, mean, var = _batch_norm_train(x, scale32, bias, self.eps, dtype)
+            y, mean, var = _batch_norm_train(x, scale_acc, bias, self.eps, dtype)
             self._update_running(ra_mean, ra_var, mean, var, x.size // c)
             return y
         if train:
             # Equal per-device batches: the mean of per-device moments is the global one.
-            _, mean_d, var_d = _batch_moments(x)
+            _, mean_d, var_d = _batch_moments(x, acc)
             mean = lax.pmean(mean_d, self.axis_name, axis_index_groups=self.axis_index_groups)
             # E[(x - m)^2] = E[(x - m_d)^2] + (m_d - m)^2, averaged over devices; the
             # per-device variance is two-pass (centred), as accurate as torch's.
@@ -91,7 +95,7 @@ class BatchNorm2d(nn.Module):
             self._update_running(ra_mean, ra_var, mean, var, n)
         else:
             mean, var = ra_mean.value, ra_var.value
-        return _normalize(x, mean, var, scale32, bias, self.eps, dtype)
+        return _normalize(x, mean, var, scale_acc, bias, self.eps, dtype)
 
     def _update_running(self, ra_mean, ra_var, mean, var, n):
         """torch's update: the running variance takes the *unbiased* batch variance."""
@@ -118,9 +122,14 @@ def _normalize(x, mean, var, scale, bias, eps, dtype):
     return y.astype(dtype)
 
 
-def _batch_moments(x):
-    """Float32 batch mean and biased variance over all axes but the last (two-pass)."""
-    xf = x.astype(jnp.float32)
+def _stats_dtype(dtype):
+    """The statistics' dtype for compute ``dtype``: the wider of it and float32."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def _batch_moments(x, acc):
+    """Batch mean and biased variance over all axes but the last (two-pass), in ``acc``."""
+    xf = x.astype(acc)
     axes = tuple(range(x.ndim - 1))
     mean = jnp.mean(xf, axes)
     return xf, mean, jnp.mean(jnp.square(xf - mean), axes)
@@ -137,7 +146,7 @@ def _batch_norm_train(x, scale, bias, eps, dtype):
     variance separately, and the variance's mean again (a term that is zero): five
     reductions and eight passes over the map. ``scale``/``bias`` may be ``None``.
     """
-    _, mean, var = _batch_moments(x)
+    _, mean, var = _batch_moments(x, _stats_dtype(dtype))
     return _normalize(x, mean, var, scale, bias, eps, dtype), mean, var
 
 
@@ -145,7 +154,8 @@ def _batch_norm_train(x, scale, bias, eps, dtype):
 def _batch_norm_train_jvp(eps, dtype, primals, tangents):
     x, scale, bias = primals
     dx, dscale, dbias = tangents
-    xf, mean, var = _batch_moments(x)
+    acc = _stats_dtype(dtype)
+    xf, mean, var = _batch_moments(x, acc)
     y = _normalize(x, mean, var, scale, bias, eps, dtype)
     axes = tuple(range(x.ndim - 1))
     r = lax.rsqrt(var + eps)
@@ -157,7 +167,7 @@ def _batch_norm_train_jvp(eps, dtype, primals, tangents):
     terms, shift, slope = [], [], []
     dmean = dvar = jnp.zeros_like(mean)
     if not isinstance(dx, SymbolicZero):
-        u = dx.astype(jnp.float32)
+        u = dx.astype(acc)
         # With d = x - mean: dmean = mean(u), dvar = 2 mean(d u) (sum(d) = 0), and
         # dxhat = r (u - dmean - xhat mean(xhat u)).
         dmean = jnp.mean(u, axes)
@@ -167,7 +177,7 @@ def _batch_norm_train_jvp(eps, dtype, primals, tangents):
         shift.append(-k * dmean)
         slope.append(-k * m_xu)
     if bias is not None and not isinstance(dbias, SymbolicZero):
-        shift.append(dbias.astype(jnp.float32))
+        shift.append(dbias.astype(acc))
     if scale is not None and not isinstance(dscale, SymbolicZero):
         slope.append(dscale)
     if shift:

@@ -114,7 +114,8 @@ def _adaptive_ranges(size: int, out: int) -> list[tuple[int, int]]:
 
 
 def _adaptive_matrix(size: int, out: int) -> np.ndarray:
-    m = np.zeros((out, size), np.float32)
+    # float64, rounded once to the input's dtype (float32 entries are the same either way).
+    m = np.zeros((out, size), np.float64)
     for i, (a, b) in enumerate(_adaptive_ranges(size, out)):
         m[i, a:b] = 1.0 / (b - a)
     return m
@@ -124,7 +125,7 @@ def adaptive_avg_pool2d(x: jax.Array, output_size: int | Sequence[int]) -> jax.A
     """``torch.nn.functional.adaptive_avg_pool2d`` on NHWC, for any input size.
 
     Windows may overlap and differ in size when the input is not a multiple of the
-    output (e.g. 13 -> 6); the pooling is a pair of averaging matrices, exact in float32.
+    output (e.g. 13 -> 6); the pooling is a pair of averaging matrices, in the input's dtype.
     """
     oh, ow = pair(output_size)
     h, w = x.shape[1:3]

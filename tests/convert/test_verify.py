@@ -1,5 +1,6 @@
 """verify's comparisons cannot read a mismatch as agreement: NaN, inf, wrong shapes and a
-wrong number of outputs all fail, in the output, export and running-statistics checks."""
+wrong number of outputs all fail, in the output, export, running-statistics and gradient
+checks; and ``python -m flaxcnn.convert verify`` reports bad input in one line."""
 
 import types
 
@@ -7,7 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from flaxcnn.convert.verify import CheckResult, _stats_diff, compare_outputs
+import flaxcnn
+from flaxcnn.convert.__main__ import _pairs
+from flaxcnn.convert.__main__ import main as convert_main
+from flaxcnn.convert.verify import CheckResult, _compare_trees, _stats_diff, compare_outputs
 
 RNG = np.random.default_rng(0)
 
@@ -90,3 +94,60 @@ def test_running_statistics_check_fails(bad, position):
     tmodel_ok = types.SimpleNamespace(state_dict=lambda: ref)
     clean = {"batch_stats": {f"bn{i}": {"var": ref[n].numpy().copy()} for i, n in enumerate(names)}}
     assert _stats_diff(tmodel_ok, clean, report) == 0.0
+
+
+def _trees():
+    ref = {
+        ("conv", "kernel"): RNG.standard_normal((3, 3, 2, 4)),
+        ("bn", "bias"): RNG.standard_normal(4),
+    }
+    return {k: v.copy() for k, v in ref.items()}, ref
+
+
+@pytest.mark.parametrize("fault", ["nan", "inf", "shape", "missing", "extra", "off"])
+def test_gradient_comparison_fails_on_any_fault(fault):
+    """The gradient and SGD checks compare every tensor by name: a NaN, an infinity, a wrong
+    shape, a tensor on one side only, or one element off by 1e-8 fails the 1e-9 bound."""
+    got, ref = _trees()
+    names = {("conv", "kernel"): "conv.weight", ("bn", "bias"): "bn.bias"}
+    assert _compare_trees("grad", (5, 7), got, ref, names, 1e-9).ok
+    if fault == "nan":
+        got["bn", "bias"][2] = np.nan
+    elif fault == "inf":
+        got["conv", "kernel"][0, 0, 0, 0] = np.inf
+    elif fault == "shape":
+        got["bn", "bias"] = got["bn", "bias"][None]
+    elif fault == "missing":
+        del got["bn", "bias"]
+    elif fault == "extra":
+        got["fc", "bias"] = np.zeros(3)
+    else:
+        got["conv", "kernel"][1, 2, 0, 3] += 1e-8
+    check = _compare_trees("grad", (5, 7), got, ref, names, 1e-9)
+    assert not check.ok
+    assert check.worst in ("bn.bias", "conv.weight", "fc/bias")
+
+
+def _one_line_error(capsys, argv) -> str:
+    assert convert_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_cli_unknown_name_is_one_line_with_suggestions(capsys):
+    err = _one_line_error(capsys, ["verify", "resnet_18"])
+    assert err.startswith("python -m flaxcnn.convert: error: unknown torchvision model 'resnet_18'")
+    assert "'resnet18'" in err
+    err = _one_line_error(capsys, ["verify", "--grad", "resnet18", "--modes", "evl"])
+    assert "unknown mode(s) ['evl']" in err
+
+
+def test_cli_all_is_every_pair():
+    pairs = {
+        (source, src_name)
+        for name in flaxcnn.list_models()
+        for source, src_name in flaxcnn.get_model_spec(name).sources.items()
+    }
+    assert set(_pairs(["all"], None)) == pairs
+    assert set(_pairs(["all"], "timm")) == {p for p in pairs if p[0] == "timm"}
