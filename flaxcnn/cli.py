@@ -1,5 +1,10 @@
 """The ``flaxcnn`` command: list, summary, convert, predict.
 
+``predict`` classifies with a model's ImageNet head, or, for a CLIP model
+(``clip_vit_b32``, ...), zero-shot among ``--labels`` given as text: the labels are
+tokenized, the images get CLIP's preprocessing, and the probabilities are the softmax of
+``logits_per_image`` (Radford et al. 2021).
+
 Every failure (unknown model or tag, unreadable image, a file that is not a checkpoint
 or is for another architecture, missing weights offline) is one line on stderr and
 exit status 2, with nothing written.
@@ -16,7 +21,7 @@ import numpy as np
 
 import flaxcnn
 
-from .pretrained import PretrainedCfg, PretrainedUnavailable, UnknownWeightTag
+from .pretrained import PretrainedCfg, PretrainedUnavailable, UnknownWeightTag, cache_dir
 
 __all__ = ["main"]
 
@@ -80,6 +85,14 @@ def _cmd_convert(args) -> None:
     if ":" not in args.model:
         raise CliError(f"expected <source>:<name>, e.g. torchvision:resnet50, got {args.model!r}")
     source, name = args.model.split(":", 1)
+    if source in ("openai", "open_clip"):
+        # Its parity check runs one image through a one-input classifier; CLIP takes two.
+        model = flaxcnn.find_by_source(source, name).name
+        raise CliError(
+            f"flaxcnn convert takes torchvision and timm models; CLIP weights convert on first "
+            f"use and are cached in {cache_dir()}: flaxcnn predict --model {model} --pretrained "
+            f"TAG_OR_FILE --labels ..., or create_model({model!r}, pretrained=...) in Python"
+        )
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
         raise CliError(f"{out} exists and is not an empty folder (use --force to replace it)")
@@ -147,12 +160,82 @@ def _preprocessing(model: str, local: Path, num_classes: int) -> PretrainedCfg:
     return cfg
 
 
+def _read_labels(args) -> list[str] | None:
+    """The ``--labels`` (comma-separated) or ``--labels-file`` (one per line) class texts."""
+    if args.labels is None and args.labels_file is None:
+        return None
+    if args.labels is not None:
+        labels, where = [t.strip() for t in args.labels.split(",")], "--labels"
+    else:
+        try:
+            text = Path(args.labels_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise CliError(f"cannot read --labels-file {args.labels_file}: {e}") from None
+        # Blank lines (a trailing newline, spacing between groups) are not labels.
+        labels, where = [t.strip() for t in text.splitlines() if t.strip()], args.labels_file
+        if not labels:
+            raise CliError(f"{args.labels_file} holds no labels (one per line)")
+    empty = [i + 1 for i, t in enumerate(labels) if not t]
+    if empty:
+        raise CliError(
+            f"{where} has an empty label (position {empty[0]}): give texts separated by "
+            "commas, e.g. --labels 'a cat,a dog'"
+        )
+    repeated = sorted({t for t in labels if labels.count(t) > 1})
+    if repeated:
+        raise CliError(f"{where} repeats {', '.join(map(repr, repeated))}: give each label once")
+    return labels
+
+
+def _check_task(model: str, labels: list[str] | None) -> None:
+    """``--labels`` goes with CLIP models, and CLIP models need it: refused before any
+    weights are fetched."""
+    spec = flaxcnn.get_model_spec(model)
+    if labels is not None and spec.task != "clip":
+        clips = ", ".join(
+            n for n in flaxcnn.list_models() if flaxcnn.get_model_spec(n).task == "clip"
+        )
+        raise CliError(
+            f"--labels needs a CLIP model ({clips}); {model} predicts its own "
+            f"{spec.task} classes: drop --labels"
+        )
+    if labels is None and spec.task == "clip":
+        raise CliError(
+            f"{model} classifies zero-shot among texts: pass --labels 'a cat,a dog,...' "
+            "or --labels-file FILE (one label per line)"
+        )
+    if spec.task not in ("classification", "clip"):
+        raise CliError(f"predict classifies images; {model} is a {spec.task} model")
+
+
+def _zero_shot(module, variables, batch: np.ndarray, labels: list[str]) -> np.ndarray:
+    """CLIP's ``logits_per_image`` of the images against the labels: the cosine
+    similarities times the model's ``exp(logit_scale)``, whose softmax is the seed
+    lecture's probabilities."""
+    import jax
+
+    from .clip import tokenize
+
+    try:
+        tokens = tokenize(labels, context_length=module.context_length)
+    except ImportError as e:  # the [clip] extra (ftfy, regex) is not installed
+        raise CliError(str(e)) from None
+    logits_per_image, _ = jax.jit(module.apply)(variables, batch, tokens)
+    return np.asarray(logits_per_image)
+
+
 def _cmd_predict(args) -> None:
+    import jax
     from PIL import Image, UnidentifiedImageError
 
     from .preprocess import decode_predictions, preprocess
     from .pretrained import _local_path
 
+    base, _, tag = args.model.partition(".")
+    labels = _read_labels(args)
+    _check_task(base, labels)
+    if args.top is not None and args.top < 1:
+        raise CliError(f"--top must be at least 1, got {args.top}")
     images = []
     for path in args.images:
         try:
@@ -160,8 +243,6 @@ def _cmd_predict(args) -> None:
                 images.append(im.convert("RGB"))
         except (OSError, UnidentifiedImageError) as e:
             raise CliError(f"cannot read image {path}: {e}") from None
-    base, _, tag = args.model.partition(".")
-    flaxcnn.get_model_spec(base)
     if tag and args.pretrained and args.pretrained != tag:
         raise CliError(
             f"--model {args.model} names the weight tag {tag!r} and --pretrained other weights; "
@@ -173,8 +254,14 @@ def _cmd_predict(args) -> None:
     module, variables = flaxcnn.create_model(args.model, pretrained=args.pretrained or True)
     cfg = cfg or _preprocessing(base, local, getattr(module, "num_classes", 0))
     batch = np.stack([preprocess(im, cfg) for im in images])
-    logits = module.apply(variables, batch)
-    for path, top in zip(args.images, decode_predictions(logits, k=args.top), strict=True):
+    # Forward passes run jitted: one compilation, where op by op every distinct op compiles.
+    if labels is not None:
+        logits = _zero_shot(module, variables, batch, labels)
+        k = args.top or len(labels)  # every label, ranked, unless --top says otherwise
+    else:
+        logits, k = jax.jit(module.apply)(variables, batch), args.top or 5
+    top_k = decode_predictions(logits, k=k, labels=labels)
+    for path, top in zip(args.images, top_k, strict=True):
         print(path)
         for i, label, p in top:
             print(f"  {p:7.2%}  {i:4d}  {label}")
@@ -206,7 +293,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
     p.set_defaults(fn=_cmd_convert, tag_option="--weights")
-    p = sub.add_parser("predict", help="top-k classes of images with pretrained weights")
+    p = sub.add_parser(
+        "predict",
+        help="top-k classes of images with pretrained weights; zero-shot among --labels "
+        "with a CLIP model",
+    )
     p.add_argument("images", nargs="+")
     p.add_argument("--model", required=True)
     p.add_argument(
@@ -215,7 +306,21 @@ def main(argv: list[str] | None = None) -> int:
         help="weight tag (default: the default tag), a folder written by `flaxcnn convert`, "
         "or a torch checkpoint (.pth/.pt/.bin/.safetensors)",
     )
-    p.add_argument("--top", type=int, default=5)
+    p.add_argument(
+        "--top", type=int, help="how many classes to show (default: 5, or every --labels label)"
+    )
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--labels",
+        metavar="TEXTS",
+        help="CLIP models: the candidate labels, comma-separated ('a cat,a dog,a chainsaw'), "
+        "ranked by zero-shot probability",
+    )
+    g.add_argument(
+        "--labels-file",
+        metavar="FILE",
+        help="CLIP models: the candidate labels, one per line (labels may contain commas)",
+    )
     p.set_defaults(fn=_cmd_predict, tag_option="--pretrained")
     args = parser.parse_args(argv)
     try:

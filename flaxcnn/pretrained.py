@@ -3,18 +3,20 @@
 ``create_model("resnet50", pretrained=...)`` returns ``(module, variables)``. ``pretrained``
 is one of:
 
-- ``True`` or a weight tag: torchvision's weights enums or timm's pretrained tags (listed,
-  with their preprocessing and metadata, in ``_data/pretrained_cfgs.json``, generated from
-  the installed libraries by :mod:`flaxcnn.convert.pretrained_meta`). The first use
-  downloads through that library's own mechanism (torch hub / Hugging Face hub), converts
+- ``True`` or a weight tag: torchvision's weights enums, timm's pretrained tags, OpenAI's
+  CLIP checkpoints (``openai``) or open_clip's (``laion400m_e32``, ``metaclip_fullcc``...)
+  (listed, with their preprocessing and metadata, in ``_data/pretrained_cfgs.json``,
+  generated from the installed libraries by :mod:`flaxcnn.convert.pretrained_meta`). The
+  first use downloads through that library's own mechanism (torch hub, the Hugging Face
+  hub, the ``clip`` package's ``~/.cache/clip``), converts
   with :mod:`flaxcnn.convert`, and caches the Flax variables as safetensors plus a JSON
   config under ``$FLAXCNN_CACHE`` (default ``~/.cache/flaxcnn``); later uses need neither
   torch nor the network. Offline with nothing cached fails within seconds with an error
   naming the file to fetch and where to put it, never a silent random init.
 - a local path: a folder of converted weights (``flaxcnn convert --out``, a cache entry),
   its ``variables.safetensors`` or ``config.json``, or a torch checkpoint
-  (``.pth``/``.pt``/``.bin``/``.safetensors`` with torchvision's or timm's names, or a
-  Hugging Face model folder holding one).
+  (``.pth``/``.pt``/``.bin``/``.safetensors`` with its source's names, a TorchScript archive
+  such as OpenAI's CLIP ``ViT-B-32.pt``, or a Hugging Face model folder holding one).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ import tempfile
 import threading
 import urllib.parse
 import urllib.request
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +71,8 @@ _DATA = Path(__file__).parent / "_data"
 _PATH_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt", ".tar", ".json")
 # Torch weight files in a Hugging Face / timm model folder, in timm's order of preference.
 _HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# open_clip's weight files on the Hugging Face hub, in its order of preference.
+_OPEN_CLIP_HF_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 # A TCP connect to the weights' host answers within this many seconds when online.
 _PROBE_TIMEOUT_S = 3.0
 _TRUE = ("1", "ON", "YES", "TRUE")  # huggingface_hub's spelling of a true flag
@@ -311,14 +317,14 @@ def _torch_hub_dir() -> Path:
     return Path(os.path.expanduser(home)) / "hub"
 
 
-def _hf_cached(repo: str) -> bool:
-    """Whether the Hugging Face cache holds a weight file of ``repo`` (``owner/name[@rev]``)."""
+def _hf_cached(repo: str, files: tuple[str, ...] = _HF_WEIGHT_FILES) -> bool:
+    """Whether the Hugging Face cache holds one of ``files`` of ``repo`` (``owner/name[@rev]``)."""
     from huggingface_hub import try_to_load_from_cache
 
     repo_id, _, revision = repo.partition("@")
     return any(
         isinstance(try_to_load_from_cache(repo_id, f, revision=revision or None), str)
-        for f in _HF_WEIGHT_FILES
+        for f in files
     )
 
 
@@ -344,22 +350,165 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
+# What fetching each source's weights needs: (modules, how to install them).
+_FETCH_NEEDS = {
+    "torchvision": (("torch", "torchvision"), "pip install 'flaxcnn[convert]'"),
+    "timm": (("torch", "timm"), "pip install 'flaxcnn[convert]'"),
+    # OpenAI's `clip` imports pkg_resources, which setuptools 81 removed.
+    "openai": (("torch", "clip"), "pip install torch clip-anytorch 'setuptools<81'"),
+    "open_clip": (("torch", "open_clip"), "pip install torch open-clip-torch"),
+}
+
+
 def _fetch_state_dict(cfg: PretrainedCfg) -> dict[str, Any]:
     """The torch state dict of ``cfg``'s weights: from the source library's own cache
-    (torch hub under ``$TORCH_HOME``, the Hugging Face cache under ``$HF_HOME``), else
-    downloaded. Offline with nothing cached raises :class:`PretrainedUnavailable` within
-    seconds: the host is probed before any download is tried."""
-    needs = ["torch", "timm" if cfg.source == "timm" else "torchvision"]
+    (torch hub under ``$TORCH_HOME``, the Hugging Face cache under ``$HF_HOME``, the
+    ``clip`` package's ``~/.cache/clip``), else downloaded. Offline with nothing cached
+    raises :class:`PretrainedUnavailable` within seconds: the host is probed before any
+    download is tried."""
+    source = cfg.source
+    # open_clip fetches OpenAI's weights too (its tag "openai"): either package will do.
+    if (
+        source == "openai"
+        and importlib.util.find_spec("clip") is None
+        and importlib.util.find_spec("open_clip") is not None
+    ):
+        return _fetch_openai_with_open_clip(cfg)
+    needs, install = _FETCH_NEEDS[source]
     absent = [m for m in needs if importlib.util.find_spec(m) is None]
     if absent:
+        alt = " (or open-clip-torch)" if source == "openai" else ""
         raise PretrainedUnavailable(
             cfg.full_name,
             f"it is not cached in {cache_dir()} and converting it needs "
-            f"{' and '.join(absent)}: pip install 'flaxcnn[convert]'",
+            f"{' and '.join(absent)}: {install}{alt}",
         )
-    if cfg.source == "timm" and cfg.hf_hub_id:
+    if source == "openai":
+        return _fetch_openai(cfg)
+    if source == "open_clip":
+        load = functools.partial(_open_clip_model, cfg.source_name, cfg.source_tag)
+        if cfg.hf_hub_id:
+            return _fetch_from_hf(cfg, files=_OPEN_CLIP_HF_FILES, load=load)
+        return _fetch_open_clip_url(cfg, load)
+    if source == "timm" and cfg.hf_hub_id:
         return _fetch_from_hf(cfg)
     return _fetch_from_url(cfg)
+
+
+def _clip_cache_dir() -> Path:
+    """Where OpenAI's ``clip.load`` keeps its checkpoints by default (``~/.cache/clip``)."""
+    return Path(os.path.expanduser("~/.cache/clip"))
+
+
+def _import_clip():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its pkg_resources deprecation warning, at import
+        import clip.clip
+    return clip.clip
+
+
+def _fetch_openai(cfg: PretrainedCfg) -> dict[str, Any]:
+    """OpenAI's CLIP checkpoint, through the ``clip`` package's own download (into
+    ``~/.cache/clip``, SHA-256 checked): a TorchScript archive (:func:`_read_torch_file`)."""
+    fname = os.path.basename(urllib.parse.urlsplit(cfg.url).path)
+    root = _clip_cache_dir()
+    where = root / fname
+
+    def unavailable(reason: str) -> PretrainedUnavailable:
+        return PretrainedUnavailable(
+            cfg.full_name, reason, fetch=cfg.url, put_at=where, filename=fname
+        )
+
+    if not where.is_file() and not _reachable(cfg.url):
+        host = urllib.parse.urlsplit(cfg.url).hostname
+        raise unavailable(f"{host} is unreachable (offline?) and it is not cached in {root}")
+    try:
+        path = _import_clip()._download(cfg.url, str(root))
+    except Exception as e:
+        raise unavailable(_first_line(e)) from None
+    return _read_torch_file(Path(path))
+
+
+def _open_clip_model(name: str, tag: str):
+    import open_clip
+
+    # Without require_pretrained, open_clip logs a warning and returns random weights when
+    # it finds none to load.
+    return open_clip.create_model(name, pretrained=tag, require_pretrained=True)
+
+
+def _fetch_open_clip_url(cfg: PretrainedCfg, load: Any) -> dict[str, Any]:
+    """open_clip's weights that are not on the Hugging Face hub: open_clip downloads them
+    into its cache (``~/.cache/clip``, as OpenAI's package)."""
+    fname = os.path.basename(urllib.parse.urlsplit(cfg.url).path)
+    where = _clip_cache_dir() / fname
+
+    def unavailable(reason: str) -> PretrainedUnavailable:
+        return PretrainedUnavailable(
+            cfg.full_name, reason, fetch=cfg.url, put_at=where, filename=fname
+        )
+
+    if not where.is_file() and not _reachable(cfg.url):
+        host = urllib.parse.urlsplit(cfg.url).hostname
+        raise unavailable(
+            f"{host} is unreachable (offline?) and it is not cached in {where.parent}"
+        )
+    try:
+        return load().state_dict()
+    except Exception as e:
+        raise unavailable(_first_line(e)) from None
+
+
+def _fetch_openai_with_open_clip(cfg: PretrainedCfg) -> dict[str, Any]:
+    """OpenAI's weights through open_clip (its ``-quickgelu`` model, tag ``openai``), for
+    users who have open_clip and not OpenAI's ``clip``: the same tensors, same names."""
+    from open_clip.pretrained import get_pretrained_cfg as open_clip_cfg
+
+    name = get_model_spec(cfg.name).sources["open_clip"]
+    hub = os.path.split(open_clip_cfg(name, "openai").get("hf_hub", ""))[0]
+    via = dataclasses.replace(cfg, source="open_clip", source_name=name, source_tag="openai")
+    load = functools.partial(_open_clip_model, name, "openai")
+    if hub:
+        return _fetch_from_hf(
+            dataclasses.replace(via, hf_hub_id=hub), files=_OPEN_CLIP_HF_FILES, load=load
+        )
+    return _fetch_open_clip_url(via, load)
+
+
+def _read_torch_file(path: Path) -> dict[str, Any]:
+    """A torch checkpoint as ``{key: numpy array}``; a TorchScript archive (OpenAI's CLIP
+    ``.pt`` files) by ``torch.jit.load``, which runs no Python, and whose state dict holds
+    exactly the archive's tensors (``clip.load(jit=False)`` would rebuild the model in half
+    precision first, which rounds a float32 checkpoint). Half-precision tensors widen
+    exactly to float32."""
+    from .convert import read_state_dict
+    from .convert.errors import CheckpointError
+
+    if not _is_torchscript(path):
+        return read_state_dict(path)
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            # torch deprecates TorchScript, but OpenAI's checkpoints are TorchScript archives.
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as e:
+        raise CheckpointError(
+            f"{path} is a TorchScript archive that could not be loaded ({_first_line(e)}); "
+            "it may be truncated"
+        ) from None
+    return read_state_dict(module.state_dict())
+
+
+def _is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (a zip holding ``constants.pkl``) rather
+    than a ``torch.save`` file (a zip without it)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("/constants.pkl") or n == "constants.pkl" for n in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def _fetch_from_url(cfg: PretrainedCfg) -> dict[str, Any]:
@@ -391,9 +540,15 @@ def _fetch_from_url(cfg: PretrainedCfg) -> dict[str, Any]:
     return model.state_dict()
 
 
-def _fetch_from_hf(cfg: PretrainedCfg) -> dict[str, Any]:
-    """timm's weights on the Hugging Face hub, through timm (which applies its checkpoint
-    filters). A cached file loads in offline mode when the hub is unreachable."""
+def _fetch_from_hf(
+    cfg: PretrainedCfg,
+    *,
+    files: tuple[str, ...] = _HF_WEIGHT_FILES,
+    load: Any = None,
+) -> dict[str, Any]:
+    """Weights on the Hugging Face hub, through their library: timm's (which applies its
+    checkpoint filters) by default, else ``load()`` (open_clip's, whose weight ``files``
+    have their own names). A cached file loads in offline mode when the hub is unreachable."""
     from huggingface_hub import constants
 
     # The environment as it is now, too: huggingface_hub read it when it was imported.
@@ -405,12 +560,12 @@ def _fetch_from_hf(cfg: PretrainedCfg) -> dict[str, Any]:
         return PretrainedUnavailable(
             cfg.full_name,
             reason,
-            fetch=f"model.safetensors from {constants.ENDPOINT}/{repo}",
-            filename="model.safetensors",
+            fetch=f"{files[0]} from {constants.ENDPOINT}/{repo}",
+            filename=files[0],
             hint=hint,
         )
 
-    cached = _hf_cached(cfg.hf_hub_id)
+    cached = _hf_cached(cfg.hf_hub_id, files)
     if not cached and offline:
         raise unavailable(
             f"HF_HUB_OFFLINE is set and it is not in the Hugging Face cache ({cache})",
@@ -426,11 +581,15 @@ def _fetch_from_hf(cfg: PretrainedCfg) -> dict[str, Any]:
                 "HF_HUB_OFFLINE=1 skips the network check",
             )
         offline = True  # load the cached file without the hub's retries
-    import timm
+    if load is None:
+        import timm
+
+        def load():
+            return timm.create_model(f"{cfg.source_name}.{cfg.source_tag}", pretrained=True)
 
     try:
         with _hf_offline(offline):
-            model = timm.create_model(f"{cfg.source_name}.{cfg.source_tag}", pretrained=True)
+            model = load()
     except Exception as e:
         raise unavailable(
             _first_line(e),
@@ -653,10 +812,10 @@ def _local_file(name: str, path: Path, overrides: dict[str, Any]):
     configuration that is not registered (``stage_sizes=(1, 1, 1, 1)``) converts strictly
     against the module it came from. The error carries the report of the naming that
     came closest."""
-    from .convert import ConversionError, from_torch, read_state_dict
+    from .convert import ConversionError, from_torch
 
     spec = get_model_spec(name)
-    sd = read_state_dict(path)
+    sd = _read_torch_file(path)
     failures = []
     for source, src_name in spec.sources.items():
         try:
@@ -748,6 +907,12 @@ def load_pretrained(
         raise TypeError(
             f"{base}: unknown argument(s) {unknown}; {spec.cls.__name__} accepts: {', '.join(spec.fields)}"
         )
+    for field, value in (("num_classes", num_classes), ("in_chans", in_chans)):
+        if value is not None and field not in spec.fields:
+            raise TypeError(
+                f"{base} has no {field} to adapt; {spec.cls.__name__} accepts: "
+                f"{', '.join(spec.fields)}"
+            )
     local = _local_path(base, pretrained)
     if name_tag and (local is not None or (isinstance(pretrained, str) and pretrained != name_tag)):
         raise ValueError(
@@ -804,15 +969,8 @@ def load_pretrained(
     if changes:
         module = module.clone(**changes)
     # Fill what the weights do not provide (a new head) from a fresh initialisation.
-    h, w, c = spec.input_size
     shapes = traverse_util.flatten_dict(
-        dict(
-            jax.eval_shape(
-                module.init,
-                key,
-                jax.ShapeDtypeStruct((1, h, w, getattr(module, "in_chans", c)), np.float32),
-            )
-        )
+        dict(jax.eval_shape(module.init, key, *_init_inputs(spec, module)))
     )
     _check_fits(name, flat, shapes, head, overrides)
     missing = [k for k in shapes if k not in flat]
@@ -820,6 +978,16 @@ def load_pretrained(
         flat.update(_init_leaves(shapes, missing, key))
     variables = traverse_util.unflatten_dict({k: jax.numpy.asarray(flat[k]) for k in shapes})
     return module, variables
+
+
+def _init_inputs(spec, module) -> tuple[Any, ...]:
+    """Shapes of the inputs ``module.init`` takes: one image, and for two-input models
+    (CLIP's images and token ids) what their ``example_inputs`` builds."""
+    make = getattr(module, "example_inputs", None)
+    if make is not None:
+        return tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in jax.eval_shape(make))
+    h, w, c = spec.input_size
+    return (jax.ShapeDtypeStruct((1, h, w, getattr(module, "in_chans", c)), np.float32),)
 
 
 def _check_fits(name, flat, shapes, head, overrides) -> None:

@@ -4,8 +4,10 @@ import dataclasses
 import json
 import os
 import stat
+from types import SimpleNamespace
 
 import chex
+import jax
 import numpy as np
 import pytest
 import skimage.data
@@ -13,6 +15,7 @@ import torch
 from PIL import Image
 
 import flaxcnn
+import flaxcnn.models.clip  # registers the CLIP variants wherever flaxcnn.models does not
 from flaxcnn import cli, pretrained
 from flaxcnn.convert.verify import build_torch_model
 
@@ -160,6 +163,7 @@ def no_network(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # OpenAI's clip caches in ~/.cache/clip
 
 
 @pytest.mark.parametrize(
@@ -209,6 +213,14 @@ def no_network(tmp_path, monkeypatch):
             ["convert", "torchvision:resnet18", "--weights", "V9", "--out", "OUT"],
             ("--checkpoint takes a local checkpoint file",),
         ),
+        (
+            ["predict", "IMG", "--model", "clip_vit_b32", "--labels", "a cat,a dog"],
+            (
+                "could not fetch clip_vit_b32.openai: openaipublic.azureedge.net is unreachable",
+                "/home/.cache/clip/ViT-B-32.pt or pass --model clip_vit_b32 --pretrained "
+                "/path/to/ViT-B-32.pt",
+            ),
+        ),
     ],
     ids=[
         "unknown-tag",
@@ -219,6 +231,7 @@ def no_network(tmp_path, monkeypatch):
         "offline-torchvision",
         "convert-offline",
         "convert-unknown-tag",
+        "offline-clip",
     ],
 )
 def test_pretrained_errors_speak_cli(tmp_path, capsys, no_network, argv, matches):
@@ -251,6 +264,10 @@ def test_pretrained_errors_speak_cli(tmp_path, capsys, no_network, argv, matches
         ),
         (["convert", "torchvision:resnet34", "--checkpoint", "R18", "--out", "OUT"], "missing"),
         (["predict", "NOTIMG", "--model", "resnet18"], "cannot read image"),
+        (
+            ["convert", "openai:ViT-B/32", "--out", "OUT"],
+            "CLIP weights convert on first use and are cached in",
+        ),
     ],
 )
 def test_errors_are_one_line_and_write_nothing(tmp_path, capsys, offline_weights, argv, match):
@@ -290,3 +307,118 @@ def test_predict_preprocessing_for_local_weights(tmp_path, capsys):
     )
     assert lite.mean == (0.485, 0.456, 0.406) and lite.std == (0.229, 0.224, 0.225)
     assert "using ImageNet's usual (274 px, crop 240x240, bilinear)" in capsys.readouterr().err
+
+
+# -- Zero-shot with a CLIP model: predict --labels --
+
+
+@pytest.fixture(scope="module")
+def small_clip(tmp_path_factory):
+    """A converted folder of a random, narrow two-block CLIP ViT-B/32 (its config.json
+    records the narrower fields, so ``--pretrained`` rebuilds that module) and two images."""
+    d = tmp_path_factory.mktemp("clip")
+    config = dict(
+        vision_layers=2, vision_width=64, transformer_layers=2, transformer_width=64,
+        transformer_heads=1, embed_dim=32,
+    )  # fmt: skip
+    module = flaxcnn.create_model("clip_vit_b32", **config)
+    shapes = jax.eval_shape(module.init, jax.random.key(0), *module.example_inputs())
+    rng = np.random.default_rng(0)
+
+    def draw(path, leaf):
+        if path[-1].key == "logit_scale":
+            return np.float32(np.log(100.0))  # OpenAI's released value
+        return (rng.standard_normal(leaf.shape) * 0.05).astype(np.float32)
+
+    variables = jax.tree_util.tree_map_with_path(draw, shapes)
+    pretrained.save_converted(d / "clip", "clip_vit_b32", config, variables)
+    Image.fromarray(skimage.data.chelsea()).save(d / "cat.jpg")
+    Image.fromarray(skimage.data.astronaut()).save(d / "astronaut.png")
+    return SimpleNamespace(dir=d, module=module, variables=variables)
+
+
+def _ranked(out: str) -> dict[str, list[tuple[str, float]]]:
+    """``{image: [(label, probability), ...]}`` from predict's output."""
+    ranked, image = {}, None
+    for line in out.splitlines():
+        if not line.startswith("  "):
+            image = line
+            ranked[image] = []
+            continue
+        pct, _index, label = line.split(maxsplit=2)
+        ranked[image].append((label, float(pct.rstrip("%")) / 100))
+    return ranked
+
+
+def test_predict_zero_shot(small_clip, capsys, monkeypatch):
+    """The issue's command: every label ranked by CLIP's zero-shot probability, exactly as
+    the softmax of the model's own logits_per_image."""
+    from flaxcnn.clip import tokenize
+    from flaxcnn.preprocess import preprocess
+
+    monkeypatch.chdir(small_clip.dir)
+    labels = ["a cat", "a dog", "a chainsaw"]
+    images = ["cat.jpg", "astronaut.png"]
+    code, out, err = run(
+        capsys, "predict", *images, "--model", "clip_vit_b32", "--labels", "a cat, a dog,a chainsaw",
+        "--pretrained", "clip",
+    )  # fmt: skip
+    assert code == 0, err
+    assert err == "flaxcnn: note: clip records no preprocessing; using clip_vit_b32.openai's\n"
+
+    batch = np.stack([preprocess(Image.open(small_clip.dir / i), "clip_vit_b32") for i in images])
+    logits, _ = jax.jit(small_clip.module.apply)(small_clip.variables, batch, tokenize(labels))
+    probs = np.asarray(jax.nn.softmax(logits, axis=-1))
+    ranked = _ranked(out)
+    assert list(ranked) == images
+    for image, row in zip(images, probs, strict=True):
+        got = ranked[image]
+        assert [label for label, _ in got] == [labels[i] for i in np.argsort(-row)]
+        assert sum(p for _, p in got) == pytest.approx(1, abs=1e-4 * len(labels))
+        np.testing.assert_allclose([p for _, p in got], np.sort(row)[::-1], atol=6e-5)
+    # The ranking is unambiguous at the printed precision (no near-ties in this model).
+    assert (np.diff(np.sort(probs, axis=1)) > 1e-3).all()
+
+
+def test_labels_file(tmp_path):
+    """One label per line, commas allowed, blank lines skipped; the same checks as --labels."""
+    f = tmp_path / "labels.txt"
+    f.write_text("a cat\n\n  an astronaut, in space \nsushi\n\n", encoding="utf-8")
+    args = cli.argparse.Namespace(labels=None, labels_file=str(f))
+    assert cli._read_labels(args) == ["a cat", "an astronaut, in space", "sushi"]
+    f.write_text("a cat\nsushi\na cat\n")
+    with pytest.raises(cli.CliError, match=f"{f} repeats 'a cat'"):
+        cli._read_labels(args)
+    f.write_text("\n\n")
+    with pytest.raises(cli.CliError, match="holds no labels"):
+        cli._read_labels(args)
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (
+            ["--model", "resnet18", "--labels", "a cat,a dog"],
+            "--labels needs a CLIP model (clip_rn101, clip_rn50,",
+        ),
+        (
+            ["--model", "clip_vit_b32"],
+            "clip_vit_b32 classifies zero-shot among texts: pass --labels",
+        ),
+        (["--model", "clip_vit_b32", "--labels", "a cat,,a dog"], "empty label (position 2)"),
+        (["--model", "clip_vit_b32", "--labels", "a cat,a cat"], "repeats 'a cat'"),
+        (["--model", "clip_vit_b32", "--labels-file", "nothere.txt"], "cannot read --labels-file"),
+        (
+            ["--model", "clip_vit_b32", "--labels", "a cat", "--pretrained", "IMAGENET1K_V1"],
+            "unknown weight tag for clip_vit_b32 'IMAGENET1K_V1'; its tags: openai,",
+        ),
+    ],
+)
+def test_predict_zero_shot_errors(tmp_path, capsys, no_network, argv, match):
+    """Refused in one line before any weights are fetched or converted."""
+    Image.new("RGB", (8, 8)).save(tmp_path / "img.png")
+    code, out, err = run(capsys, "predict", str(tmp_path / "img.png"), *argv)
+    assert code == 2 and not out
+    assert err.startswith("flaxcnn: error: ") and len(err.strip().splitlines()) == 1
+    assert match in err
+    assert not (tmp_path / "cache").exists()

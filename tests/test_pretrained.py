@@ -9,6 +9,7 @@ import socket
 import stat
 import sys
 import time
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,6 +20,7 @@ import pytest
 import torch
 
 import flaxcnn
+import flaxcnn.models.clip  # registers the CLIP variants wherever flaxcnn.models does not
 from flaxcnn import pretrained
 from flaxcnn.convert import CheckpointError, ConversionError, from_torch, to_torch
 from flaxcnn.convert.verify import build_torch_model
@@ -523,3 +525,175 @@ def test_torch_hub_dir_without_torch_is_torchs(tmp_path, monkeypatch):
             m.delitem(sys.modules, "torch.hub")
             without = pretrained._torch_hub_dir()
         assert without == pretrained._torch_hub_dir() == Path(torch.hub.get_dir())
+
+
+# -- CLIP: OpenAI's checkpoints through the `clip` package, open_clip's through the hub --
+
+
+@pytest.fixture(scope="module")
+def clip_b32(tmp_path_factory):
+    """A random-init OpenAI CLIP ViT-B/32 stored as OpenAI ships ``ViT-B-32.pt``: a
+    TorchScript archive, weights in half precision where ``clip.model.convert_weights``
+    puts them, with the ``input_resolution``/``context_length``/``vocab_size`` scalars;
+    and its conversion by :func:`from_torch`."""
+    from clip.model import convert_weights
+
+    from flaxcnn.convert.clip import build_clip
+
+    torch.manual_seed(0)
+    model = build_clip("ViT-B/32", "openai", flaxcnn.get_model_spec("clip_vit_b32"))
+    convert_weights(model)
+
+    class Archive(torch.nn.Module):  # the model's tensors, as a traced module holds them
+        def __init__(self):
+            super().__init__()
+            for k, v in model.named_children():
+                self.add_module(k, v)
+            for k, v in model.named_parameters(recurse=False):
+                self.register_parameter(k, v)
+            for k, v in (("input_resolution", 224), ("context_length", 77), ("vocab_size", 49408)):
+                self.register_buffer(k, torch.tensor(v))
+
+        def forward(self, x):
+            return x
+
+    path = tmp_path_factory.mktemp("clip") / "ViT-B-32.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch deprecates TorchScript
+        torch.jit.trace(Archive(), torch.zeros(1)).save(str(path))
+    sd = model.state_dict()
+    module, variables = from_torch("ViT-B/32", sd, source="openai")
+    return SimpleNamespace(path=path, sd=sd, module=module, variables=variables)
+
+
+def _assert_is_clip_b32(clip_b32, module, variables):
+    assert module == clip_b32.module
+    chex.assert_trees_all_equal(variables, clip_b32.variables)
+    # And against the torch tensors themselves (half precision widened exactly).
+    conv = clip_b32.sd["visual.conv1.weight"].float().numpy().transpose(2, 3, 1, 0)
+    np.testing.assert_array_equal(variables["params"]["visual"]["conv1"]["kernel"], conv)
+    np.testing.assert_array_equal(
+        variables["params"]["text_projection"], clip_b32.sd["text_projection"].float().numpy()
+    )
+
+
+def test_clip_tags_use_clips_preprocessing():
+    from flaxcnn.preprocess import clip_cfg
+
+    fields = ("input_size", "resize_size", "crop_pct", "interpolation", "mean", "std")
+    names = flaxcnn.list_pretrained("clip_*")
+    assert {"clip_vit_b32.openai", "clip_rn50x64.openai", "clip_vit_b32.laion400m_e32"} <= set(
+        names
+    )
+    for full in names:
+        cfg = flaxcnn.get_pretrained_cfg(full)
+        want = clip_cfg(cfg.name)
+        assert [getattr(cfg, f) for f in fields] == [getattr(want, f) for f in fields], full
+    default = flaxcnn.get_pretrained_cfg("clip_vit_l14_336")
+    assert (default.tag, default.source, default.source_name) == (
+        "openai",
+        "openai",
+        "ViT-L/14@336px",
+    )
+    with pytest.raises(TypeError, match="clip_vit_b32 has no num_classes to adapt"):
+        flaxcnn.create_model("clip_vit_b32", pretrained=True, num_classes=10)
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """An empty home folder: OpenAI's `clip` keeps its downloads in ~/.cache/clip."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def test_offline_clip_fails_fast_and_names_clips_cache(cache, offline, hf_cache, home, monkeypatch):
+    import clip.clip
+
+    monkeypatch.setattr(clip.clip, "_download", _never)
+    t0 = time.perf_counter()
+    with pytest.raises(pretrained.PretrainedUnavailable) as e:
+        flaxcnn.create_model("clip_vit_b32", pretrained=True)
+    assert time.perf_counter() - t0 < 3
+    url = clip.clip._MODELS["ViT-B/32"]
+    assert offline == [url]
+    where = home / ".cache" / "clip"
+    assert str(e.value) == (
+        "could not fetch clip_vit_b32.openai: openaipublic.azureedge.net is unreachable "
+        f"(offline?) and it is not cached in {where}; download {url} on a connected machine "
+        f"and put it at {where / 'ViT-B-32.pt'} or load it with "
+        "create_model('clip_vit_b32', pretrained='/path/to/ViT-B-32.pt')"
+    )
+    # open_clip's weights for the same architecture: the hub, probed the same way.
+    with pytest.raises(pretrained.PretrainedUnavailable) as e:
+        flaxcnn.create_model("clip_vit_b32.laion400m_e32")
+    assert "huggingface.co is unreachable" in str(e.value)
+    assert "open_clip_model.safetensors from https://huggingface.co/timm/" in str(e.value)
+    assert not cache.exists()
+
+
+def test_open_clip_weights_load_through_open_clip_offline(cache, offline, hf_cache, monkeypatch):
+    """open_clip's tags: a file in the Hugging Face cache under open_clip's file name loads
+    through open_clip in offline mode, with open_clip required to load it (never its silent
+    random init)."""
+    import open_clip
+    from huggingface_hub import constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = hf_cache / "models--timm--vit_base_patch32_clip_224.laion400m_e32"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "open_clip_model.safetensors").write_bytes(b"")
+    calls = []
+
+    def create_model(name, **kwargs):
+        calls.append((name, kwargs, constants.HF_HUB_OFFLINE))
+        raise RuntimeError("stop here: the conversion is tested with OpenAI's weights")
+
+    monkeypatch.setattr(open_clip, "create_model", create_model)
+    with pytest.raises(pretrained.PretrainedUnavailable, match="RuntimeError: stop here"):
+        flaxcnn.create_model("clip_vit_b32.laion400m_e32")
+    kwargs = {"pretrained": "laion400m_e32", "require_pretrained": True}
+    assert calls == [("ViT-B-32-quickgelu", kwargs, True)]
+    assert offline == ["https://huggingface.co"] and constants.HF_HUB_OFFLINE is False
+
+
+def test_clip_openai_through_clips_download(clip_b32, cache, offline, home, monkeypatch):
+    """A checkpoint in clip's cache: fetched by clip's own `_download` (which would check its
+    SHA-256 and download if needed), read as the TorchScript archive it is, converted,
+    cached with CLIP's preprocessing; the next call needs neither clip nor torch."""
+    import clip.clip
+
+    where = home / ".cache" / "clip"
+    where.mkdir(parents=True)
+    (where / "ViT-B-32.pt").symlink_to(clip_b32.path)
+    calls = []
+
+    def download(url, root):
+        calls.append((url, root))
+        return str(where / "ViT-B-32.pt")
+
+    monkeypatch.setattr(clip.clip, "_download", download)
+    module, variables = flaxcnn.create_model("clip_vit_b32", pretrained=True)
+    assert calls == [(clip.clip._MODELS["ViT-B/32"], str(where))] and offline == []
+    _assert_is_clip_b32(clip_b32, module, variables)
+    entry = cache / "clip_vit_b32.openai"
+    cfg = pretrained.recorded_cfg(entry)
+    assert cfg == flaxcnn.get_pretrained_cfg("clip_vit_b32.openai") and cfg.crop_pct == 1.0
+
+    monkeypatch.setattr(clip.clip, "_download", _never)
+    module2, variables2 = flaxcnn.create_model("clip_vit_b32.openai")
+    assert module2 == module
+    chex.assert_trees_all_equal_structs(variables2, variables)
+    for leaf in (("visual", "conv1", "kernel"), ("logit_scale",), ("ln_final", "scale")):
+        a, b = variables2["params"], variables["params"]
+        for k in leaf:
+            a, b = a[k], b[k]
+        np.testing.assert_array_equal(a, b)
+
+
+def test_clip_local_torchscript_file(clip_b32, cache):
+    """OpenAI's ``ViT-B-32.pt`` passed as a file, as `clip.load(path)` takes it."""
+    module, variables = flaxcnn.create_model("clip_vit_b32", pretrained=str(clip_b32.path))
+    _assert_is_clip_b32(clip_b32, module, variables)
+    assert not cache.exists()
