@@ -12,6 +12,7 @@ torch is imported only when a function here needs it.
 # Importing a family's module registers its conversion rules and verify hooks.
 from . import (  # noqa: F401
     alexnet,
+    clip,
     convnext,
     efficientnet,
     fcn,
@@ -21,6 +22,7 @@ from . import (  # noqa: F401
     resnetv2,
     senet,
     vgg,
+    vit,
 )
 from .api import from_torch, load_torch_weights, read_state_dict
 from .checkpoint import load_checkpoint

@@ -19,10 +19,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from .._inputs import example_inputs
 from .errors import ConversionError
 
 __all__ = [
@@ -196,13 +196,6 @@ class ConversionReport:
             else "variables do not fit the torch model"
         )
         return f"{what}:\n" + "\n".join(parts)
-
-
-def example_inputs(module: Any, input_shape: Sequence[int]) -> tuple[jax.Array, ...]:
-    """The arguments ``module.init`` takes: ``module.example_inputs(input_shape)`` where the
-    module defines it (CLIP: images and token ids), else one zero image batch."""
-    make = getattr(module, "example_inputs", None)
-    return tuple(make(input_shape)) if make is not None else (jnp.zeros(input_shape, jnp.float32),)
 
 
 def variable_shapes(

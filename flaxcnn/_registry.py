@@ -3,7 +3,8 @@
 A variant is data: a module class plus the fields that define it, and the names
 the same architecture has in torchvision and timm (which tells the converter what
 it can load and the equivalence tests what to prove). ``register_model`` returns
-the CamelCase constructor that ``flaxcnn.models`` exports.
+the CamelCase constructor that ``flaxcnn.models`` exports, named from the registry name
+by one rule (:func:`constructor_name`); :func:`variants` binds a family's shared metadata.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from types import MappingProxyType
 from typing import Any
 
@@ -20,15 +23,19 @@ import flax.linen as nn
 __all__ = [
     "SOURCES",
     "ModelSpec",
+    "constructor_name",
     "create_model",
     "find_by_source",
     "get_model_spec",
     "list_models",
     "register_model",
+    "variants",
 ]
 
-SOURCES = ("torchvision", "timm")
-TASKS = ("classification", "segmentation")
+# Libraries flaxcnn converts from; "openai" is OpenAI's ``clip`` package.
+SOURCES = ("torchvision", "timm", "openai", "open_clip")
+# "clip": image-text models (two inputs, two towers; see flaxcnn.models.clip).
+TASKS = ("classification", "segmentation", "clip")
 _REGISTRY: dict[str, ModelSpec] = {}
 _BY_SOURCE: dict[tuple[str, str], str] = {}
 # Module fields that are never user configuration.
@@ -37,12 +44,14 @@ _PRIVATE_FIELDS = {"parent", "name"}
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """What the registry knows about one variant.
+    """What the registry knows about one variant: the module config and its metadata.
 
     Attributes:
         name: registry name (lower case, as timm/torchvision spell it).
         cls: the flax module class of the family.
-        config: the fields that make this variant (stage sizes, widths, ...).
+        config: the fields that make this variant (stage sizes, widths, ...): keyword
+            arguments of ``cls``, kept apart from the metadata below, so any field name
+            (even ``task``) can be set.
         family: the family module it lives in (``'resnet'``).
         sources: torch library -> that library's name for the same architecture.
         input_size: default ``(H, W, C)``.
@@ -73,6 +82,24 @@ class ModelSpec:
     task: str = "classification"
     torch_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"{self.name}: task must be one of {TASKS}, got {self.task!r}")
+        for src in self.sources:
+            if src not in SOURCES:
+                raise ValueError(f"{self.name}: unknown source {src!r}; known: {SOURCES}")
+        bad = sorted(set(self.config) - set(self.fields))
+        if bad:
+            raise TypeError(f"{self.name}: {self.cls.__name__} has no field(s) {bad}")
+        # Frozen and read-only all the way down: a spec is shared by every model built from it.
+        setattr_ = partial(object.__setattr__, self)
+        setattr_("config", MappingProxyType(dict(self.config)))
+        setattr_("sources", MappingProxyType(dict(self.sources)))
+        setattr_("input_size", tuple(self.input_size))
+        if self.verify_size is not None:
+            setattr_("verify_size", tuple(self.verify_size))
+        setattr_("torch_kwargs", MappingProxyType(dict(self.torch_kwargs)))
+
     @property
     def fields(self) -> tuple[str, ...]:
         """The constructor fields a user may override."""
@@ -91,89 +118,170 @@ class ModelSpec:
         return self.cls(**{**self.config, **overrides})
 
 
+# The metadata ``register_model`` accepts: every ModelSpec field but the three it is given.
+_METADATA = tuple(
+    f.name for f in dataclasses.fields(ModelSpec) if f.name not in ("name", "cls", "config")
+)
+
+
 def register_model(
     name: str,
     cls: type[nn.Module],
+    config: Mapping[str, Any] | None = None,
     *,
     family: str,
-    camel: str | None = None,
-    sources: Mapping[str, str] | None = None,
-    input_size: tuple[int, int, int] = (224, 224, 3),
-    classifier: str | None = "fc",
-    first_conv: str | None = "conv1",
-    paper: str = "",
-    min_size: int = 32,
-    verify_size: tuple[int, int] | None = None,
-    task: str = "classification",
-    torch_kwargs: Mapping[str, Any] | None = None,
-    **config: Any,
+    sources: Mapping[str, str] | Iterable[str] = (),
+    **metadata: Any,
 ) -> Callable[..., nn.Module]:
-    """Register a variant and return its constructor (``ResNet50 = register_model(...)``).
+    """Register a variant and return its constructor.
 
-    ``camel`` is the constructor's ``__name__`` (default: the class name followed by the
-    rest of ``name``, e.g. ``resnet50`` -> ``ResNet50``).
+    ``ResNet50 = register_model('resnet50', ResNet, {'stage_sizes': (3, 4, 6, 3)},
+    family='resnet', sources=('torchvision', 'timm'))``.
+
+    Args:
+        name: the registry name, lower case.
+        cls: the family's module class.
+        config: the fields of ``cls`` that make this variant.
+        family, sources, **metadata: the :class:`ModelSpec` fields (``input_size``,
+            ``classifier``, ``first_conv``, ``paper``, ``min_size``, ``verify_size``,
+            ``task``, ``torch_kwargs``). ``sources`` maps library -> its name for this
+            architecture; a plain list of libraries means each calls it ``name``.
+
+    The constructor's ``__name__`` is :func:`constructor_name` of ``name``.
 
     Raises ``ValueError`` on a duplicate name or a source name already claimed, and
-    ``TypeError`` if ``config`` names a field the class does not have.
+    ``TypeError`` if ``config`` names a field the class does not have or ``metadata`` a
+    field ``ModelSpec`` does not have.
     """
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is already registered ({_REGISTRY[name].cls.__name__})")
-    if task not in TASKS:
-        raise ValueError(f"{name}: task must be one of {TASKS}, got {task!r}")
-    sources = dict(sources or {})
-    for src, src_name in sources.items():
-        if src not in SOURCES:
-            raise ValueError(f"{name}: unknown source {src!r}; known: {SOURCES}")
+    unknown = sorted(set(metadata) - set(_METADATA))
+    if unknown:
+        raise TypeError(
+            f"{name}: unknown registry metadata {unknown}; known: {', '.join(_METADATA)} "
+            "(module fields go in config)"
+        )
+    if isinstance(sources, str):
+        raise TypeError(
+            f"{name}: sources must be a mapping or a list of libraries, not {sources!r}"
+        )
+    sources = dict(sources) if isinstance(sources, Mapping) else dict.fromkeys(sources, name)
+    spec = ModelSpec(name, cls, dict(config or {}), family=family, sources=sources, **metadata)
+    for src, src_name in spec.sources.items():
         if (src, src_name) in _BY_SOURCE:
             raise ValueError(
                 f"{name}: {src} model {src_name!r} is already mapped to {_BY_SOURCE[src, src_name]!r}"
             )
-    spec = ModelSpec(
-        name=name,
-        cls=cls,
-        config=MappingProxyType(dict(config)),
-        family=family,
-        sources=MappingProxyType(sources),
-        input_size=tuple(input_size),
-        classifier=classifier,
-        first_conv=first_conv,
-        paper=paper,
-        min_size=min_size,
-        verify_size=tuple(verify_size) if verify_size is not None else None,
-        task=task,
-        torch_kwargs=MappingProxyType(dict(torch_kwargs or {})),
-    )
-    bad = sorted(set(config) - set(spec.fields))
-    if bad:
-        raise TypeError(f"{name}: {cls.__name__} has no field(s) {bad}")
     _REGISTRY[name] = spec
-    for src, src_name in sources.items():
+    for src, src_name in spec.sources.items():
         _BY_SOURCE[src, src_name] = name
+    return _constructor(spec)
 
+
+def variants(
+    cls: type[nn.Module], *, family: str, **metadata: Any
+) -> Callable[..., Callable[..., nn.Module]]:
+    """A family's :func:`register_model`, with its class and shared metadata bound.
+
+    ``register = variants(DenseNet, family='densenet', sources=('torchvision', 'timm'))``,
+    then ``DenseNet121 = register('densenet121', {'growth_rate': 32, ...})``; metadata given
+    to ``register`` replaces the family's for that variant.
+    """
+
+    def register(
+        name: str, config: Mapping[str, Any] | None = None, **overrides: Any
+    ) -> Callable[..., nn.Module]:
+        return register_model(name, cls, config, **{"family": family, **metadata, **overrides})
+
+    return register
+
+
+def _constructor(spec: ModelSpec) -> Callable[..., nn.Module]:
     def constructor(**overrides: Any) -> nn.Module:
         return spec.build(**overrides)
 
-    settings = ", ".join(f"{k}={v!r}" for k, v in config.items())
-    constructor.__name__ = constructor.__qualname__ = camel or _camel(name, cls)
+    cls_name = spec.cls.__name__
+    settings = ", ".join(f"{k}={v!r}" for k, v in spec.config.items())
+    sources = ", ".join(f"{s} {n!r}" for s, n in spec.sources.items())
+    constructor.__name__ = constructor.__qualname__ = constructor_name(spec.name)
     constructor.__doc__ = (
-        f"{cls.__name__}({settings}): the ``{name}`` variant.\n\n"
-        f"Keyword arguments override any field of :class:`{cls.__name__}` "
+        f"{cls_name}({settings}): the ``{spec.name}`` variant.\n\n"
+        f"Keyword arguments override any field of :class:`{cls_name}` "
         f"({', '.join(spec.fields)}).\n"
-        + (
-            f"Converts from: {', '.join(f'{s} {n!r}' for s, n in sources.items())}.\n"
-            if sources
-            else ""
-        )
-        + (f"\nReference: {paper}\n" if paper else "")
+        + (f"Converts from: {sources}.\n" if sources else "")
+        + (f"\nReference: {spec.paper}\n" if spec.paper else "")
     )
     constructor.spec = spec  # type: ignore[attr-defined]
     return constructor
 
 
-def _camel(name: str, cls: type) -> str:
-    # resnet50 -> ResNet50, resnext50_32x4d -> ResNeXt50_32x4d: keep the class's spelling.
-    base = cls.__name__
-    return base + name[len(base) :] if name.lower().startswith(base.lower()) else name.title()
+# How a word of a registry name is spelled in a constructor name (anything else: Capitalized).
+# ``_BN`` and ``FCN_`` keep the underscore of torchvision's ``VGG11_BN``-style names.
+_WORDS = {
+    "alexnet": "AlexNet",
+    "bn": "_BN",
+    "clip": "CLIP",
+    "convnext": "ConvNeXt",
+    "d2l": "D2L",
+    "densenet": "DenseNet",
+    "efficientnet": "EfficientNet",
+    "fcn": "FCN_",
+    "lenet": "LeNet",
+    "mobilenet": "MobileNet",
+    "resnet": "ResNet",
+    "resnext": "ResNeXt",
+    "rn": "RN",
+    "se": "SE",
+    "tf": "TF",
+    "tv": "TV",
+    "unet": "UNet",
+    "vgg": "VGG",
+    "vit": "ViT",
+    "zfnet": "ZFNet",
+}
+# Constructors not named by the rule: the rule's name is the family class's own (``AlexNet``,
+# ``GoogLeNet``), or the architecture's common name is not its registry name.
+_EXCEPTIONS = {
+    "alexnet": "AlexNetTV",
+    "googlenet": "InceptionV1",
+    "legacy_senet154": "SENet154",
+    "nin": "NetworkInNetwork",
+}
+
+
+def constructor_name(name: str) -> str:
+    """The CamelCase constructor name of a registry name (``resnext50_32x4d`` ->
+    ``ResNeXt50_32x4d``, ``tf_efficientnetv2_s`` -> ``TFEfficientNetV2S``).
+
+    Each ``_``-separated part's leading letters are spelled word by word (:data:`_WORDS`,
+    longest match first, the rest capitalised); what follows them stays as written (``resnet50d`` ->
+    ``ResNet50d``); a part that starts with a digit keeps its ``_`` when the name so far ends
+    in one (``wide_resnet50_2`` -> ``WideResNet50_2``, but ``mobilenetv3_large_100`` ->
+    ``MobileNetV3Large100``).
+    """
+    if name in _EXCEPTIONS:
+        return _EXCEPTIONS[name]
+    out = ""
+    for part in name.split("_"):
+        if part[:1].isdigit():
+            out += ("_" if out[-1:].isdigit() else "") + part
+        elif part in _WORDS:
+            out += _WORDS[part]
+        else:
+            letters, rest = re.fullmatch(r"([a-z]*)(.*)", part).groups()
+            out += _spell(letters) + rest
+    return out
+
+
+def _spell(letters: str) -> str:
+    words = sorted(_WORDS, key=len, reverse=True)
+    out = ""
+    while letters:
+        word = next((w for w in words if letters.startswith(w)), None)
+        if word is None:
+            return out + letters.capitalize()
+        out, letters = out + _WORDS[word], letters[len(word) :]
+    return out
 
 
 def _unknown(name: str, known: list[str], what: str = "model") -> ValueError:
@@ -209,19 +317,31 @@ def create_model(name: str, *, pretrained: Any = False, **overrides: Any) -> Any
     return get_model_spec(name).build(**overrides)
 
 
+def _natural_key(name: str) -> list[Any]:
+    """timm's natural order: digit runs compare as numbers (``resnet18`` < ``resnet101``)."""
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", name) if p]
+
+
 def list_models(
     pattern: str = "*", *, source: str | None = None, family: str | None = None
 ) -> list[str]:
     """Registered names matching an fnmatch ``pattern``, optionally only those that
-    convert from ``source`` or belong to ``family``; sorted."""
+    convert from ``source`` or belong to ``family``, in timm's natural order
+    (``resnet18`` before ``resnet101``). An unknown ``source`` or ``family`` raises
+    ``ValueError`` (with close names), rather than matching nothing."""
     if source is not None and source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; known: {SOURCES}")
+    if family is not None and family not in {s.family for s in _REGISTRY.values()}:
+        raise _unknown(family, sorted({s.family for s in _REGISTRY.values()}), "family")
     return sorted(
-        n
-        for n, s in _REGISTRY.items()
-        if fnmatch.fnmatchcase(n, pattern)
-        and (source is None or source in s.sources)
-        and (family is None or s.family == family)
+        (
+            n
+            for n, s in _REGISTRY.items()
+            if fnmatch.fnmatchcase(n, pattern)
+            and (source is None or source in s.sources)
+            and (family is None or s.family == family)
+        ),
+        key=_natural_key,
     )
 
 

@@ -6,15 +6,16 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ..xla import materialize
 
-__all__ = ["ACTIVATIONS", "get_act", "hard_sigmoid", "hard_swish", "relu", "relu6"]
+__all__ = ["ACTIVATIONS", "get_act", "hard_sigmoid", "hard_swish", "quick_gelu", "relu", "relu6"]
 
 
 @jax.custom_jvp
 def relu(x: jax.Array) -> jax.Array:
-    """``torch.nn.ReLU``, values and gradients, for a residual stream.
+    """``torch.nn.ReLU``, values and gradients: what ``"relu"`` means everywhere in flaxcnn.
 
     Two differences from ``jax.nn.relu``, both for XLA:CPU's training step: the derivative
     is read from the output (zero where ``y <= 0``, the same mask as ``x <= 0``; at NaN
@@ -40,14 +41,40 @@ def relu6(x: jax.Array) -> jax.Array:
     return jnp.clip(x, 0, 6)
 
 
+# torch's Hardsigmoid backward multiplies by ``1.0f / 6.0f``, a float32 constant, in every
+# dtype and on every backend (its CPU and CUDA kernels): 3e-8 relative from 1/6, which a
+# float64 gradient check sees (torchvision MobileNetV3-Small: 1e-10 of the largest gradient).
+_TORCH_ONE_SIXTH = float(np.float32(1.0) / np.float32(6.0))
+
+
+@jax.custom_jvp
 def hard_sigmoid(x: jax.Array) -> jax.Array:
-    """``torch.nn.Hardsigmoid``: relu6(x + 3) / 6 (jax.nn.hard_sigmoid is the same formula)."""
+    """``torch.nn.Hardsigmoid``: relu6(x + 3) / 6 (jax.nn.hard_sigmoid is the same formula),
+    with torch's derivative: ``dx * float32(1/6)`` strictly inside (-3, 3), computed in the
+    wider of float32 and ``x``'s dtype, and 0 elsewhere (also at -3 and 3, where JAX's
+    derivative of the clip would give 1/12, and at NaN)."""
     return relu6(x + 3.0) / 6.0
 
 
+@hard_sigmoid.defjvp
+def _hard_sigmoid_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    acc = jnp.promote_types(dx.dtype, jnp.float32)
+    scaled = (dx.astype(acc) * jnp.asarray(_TORCH_ONE_SIXTH, acc)).astype(dx.dtype)
+    return hard_sigmoid(x), jnp.where((x > -3) & (x < 3), scaled, jnp.zeros_like(dx))
+
+
 def hard_swish(x: jax.Array) -> jax.Array:
-    """``torch.nn.Hardswish``: x * relu6(x + 3) / 6."""
-    return x * hard_sigmoid(x)
+    """``torch.nn.Hardswish``: x * relu6(x + 3) / 6. Not ``x * hard_sigmoid(x)``: torch's
+    Hardswish derivative is ``x / 3 + 1/2`` in the input's precision, without Hardsigmoid's
+    float32 1/6."""
+    return x * relu6(x + 3.0) / 6.0
+
+
+def quick_gelu(x: jax.Array) -> jax.Array:
+    """OpenAI CLIP's ``QuickGELU``: ``x * sigmoid(1.702 x)``, the sigmoid approximation of
+    GELU its weights were trained with (exact GELU would shift every block's output)."""
+    return x * jax.nn.sigmoid(1.702 * x)
 
 
 def gelu(x: jax.Array) -> jax.Array:
@@ -56,7 +83,7 @@ def gelu(x: jax.Array) -> jax.Array:
 
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "relu": jax.nn.relu,
+    "relu": relu,
     "relu6": relu6,
     "hard_swish": hard_swish,
     "hard_sigmoid": hard_sigmoid,
@@ -64,6 +91,7 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "swish": jax.nn.silu,
     "gelu": gelu,
     "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "quick_gelu": quick_gelu,
     "sigmoid": jax.nn.sigmoid,
     "tanh": jnp.tanh,
     "identity": lambda x: x,

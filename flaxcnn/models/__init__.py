@@ -5,6 +5,18 @@ does the same by name.
 """
 
 from .alexnet import AlexNet, AlexNetPaper, AlexNetTV, ZFNet
+from .clip import (
+    CLIP,
+    CLIPRN50,
+    CLIPRN101,
+    CLIPRN50x4,
+    CLIPRN50x16,
+    CLIPRN50x64,
+    CLIPViTB16,
+    CLIPViTB32,
+    CLIPViTL14,
+    CLIPViTL14_336,
+)
 from .convnext import ConvNeXt, ConvNeXtBase, ConvNeXtLarge, ConvNeXtSmall, ConvNeXtTiny
 from .densenet import DenseNet, DenseNet121, DenseNet161, DenseNet169, DenseNet201
 from .efficientnet import (
@@ -82,6 +94,15 @@ from .resnetv2 import ResNetV2, ResNetV2_50, ResNetV2_101
 from .senet import LegacySEResNeXt26_32x4d, SEBottleneck, SENet, SENet154
 from .unet import UNet, UNetBlock, UNetOriginal, UNetPadded
 from .vgg import VGG, VGG11, VGG11_BN, VGG13, VGG13_BN, VGG16, VGG16_BN, VGG19, VGG19_BN
+from .vit import (
+    VisionTransformer,
+    ViTBasePatch16_224,
+    ViTBasePatch32_224,
+    ViTLargePatch16_224,
+    ViTSmallPatch16_224,
+    ViTSmallPatch32_224,
+    ViTTinyPatch16_224,
+)
 from .xception import LegacyXception, Xception, Xception41, Xception65, Xception71, XceptionAligned
 
 __all__ = [
@@ -90,6 +111,16 @@ __all__ = [
     "AlexNetTV",
     "BasicBlock",
     "Bottleneck",
+    "CLIP",
+    "CLIPRN101",
+    "CLIPRN50",
+    "CLIPRN50x16",
+    "CLIPRN50x4",
+    "CLIPRN50x64",
+    "CLIPViTB16",
+    "CLIPViTB32",
+    "CLIPViTL14",
+    "CLIPViTL14_336",
     "ConvNeXt",
     "ConvNeXtBase",
     "ConvNeXtLarge",
@@ -191,6 +222,13 @@ __all__ = [
     "VGG16_BN",
     "VGG19",
     "VGG19_BN",
+    "ViTBasePatch16_224",
+    "ViTBasePatch32_224",
+    "ViTLargePatch16_224",
+    "ViTSmallPatch16_224",
+    "ViTSmallPatch32_224",
+    "ViTTinyPatch16_224",
+    "VisionTransformer",
     "WideResNet101_2",
     "WideResNet50_2",
     "Xception",

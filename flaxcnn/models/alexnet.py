@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from .._registry import register_model
+from .._registry import variants
 from ..layers import (
     Conv2d,
     Dropout,
@@ -131,32 +131,25 @@ _ALEXNET_PAPER = (
     "Krizhevsky, Sutskever & Hinton, ImageNet Classification with Deep Convolutional "
     "Neural Networks, NeurIPS 2012"
 )
-_COMMON = dict(family="alexnet", classifier="classifier.6", first_conv="features.0", min_size=63)
-
-AlexNetTV = register_model(
-    "alexnet",
-    AlexNet,
-    camel="AlexNetTV",
-    sources={"torchvision": "alexnet"},
-    paper=_ALEXNET_PAPER + "; widths of Krizhevsky, One weird trick..., arXiv:1404.5997",
-    convs=ALEXNET_TV,
-    **_COMMON,
+_register = variants(
+    AlexNet, family="alexnet", classifier="classifier.6", first_conv="features.0", min_size=63
 )
-AlexNetPaper = register_model(
+
+AlexNetTV = _register(
+    "alexnet",
+    {"convs": ALEXNET_TV},
+    sources=("torchvision",),
+    paper=_ALEXNET_PAPER + "; widths of Krizhevsky, One weird trick..., arXiv:1404.5997",
+)
+AlexNetPaper = _register(
     "alexnet_paper",
-    AlexNet,
-    camel="AlexNetPaper",
+    {"convs": ALEXNET_PAPER},
     input_size=(227, 227, 3),
     paper=_ALEXNET_PAPER,
-    convs=ALEXNET_PAPER,
-    **{**_COMMON, "min_size": 67},
+    min_size=67,
 )
-ZFNet = register_model(
+ZFNet = _register(
     "zfnet",
-    AlexNet,
-    camel="ZFNet",
+    {"convs": ZFNET, "ceil_mode": True},
     paper="Zeiler & Fergus, Visualizing and Understanding Convolutional Networks, ECCV 2014",
-    convs=ZFNET,
-    ceil_mode=True,
-    **{**_COMMON, "min_size": 63},
 )

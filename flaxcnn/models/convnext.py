@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from .._registry import register_model
+from .._registry import variants
 from ..layers import (
     Conv2d,
     Dropout,
@@ -222,24 +222,17 @@ class ConvNeXt(FeatureMixin, nn.Module):
 _PAPER = "Liu et al., A ConvNet for the 2020s, CVPR 2022"
 
 
-def _variant(
-    name: str, camel: str, depths: Sequence[int], dims: Sequence[int]
-) -> Callable[..., nn.Module]:
-    return register_model(
-        name,
-        ConvNeXt,
-        family="convnext",
-        camel=camel,
-        sources={"torchvision": name, "timm": name},
-        classifier="head.fc",
-        first_conv="stem.0",
-        paper=_PAPER,
-        depths=tuple(depths),
-        dims=tuple(dims),
-    )
-
-
-ConvNeXtTiny = _variant("convnext_tiny", "ConvNeXtTiny", (3, 3, 9, 3), (96, 192, 384, 768))
-ConvNeXtSmall = _variant("convnext_small", "ConvNeXtSmall", (3, 3, 27, 3), (96, 192, 384, 768))
-ConvNeXtBase = _variant("convnext_base", "ConvNeXtBase", (3, 3, 27, 3), (128, 256, 512, 1024))
-ConvNeXtLarge = _variant("convnext_large", "ConvNeXtLarge", (3, 3, 27, 3), (192, 384, 768, 1536))
+_register = variants(
+    ConvNeXt,
+    family="convnext",
+    sources=("torchvision", "timm"),
+    classifier="head.fc",
+    first_conv="stem.0",
+    paper=_PAPER,
+)
+ConvNeXtTiny = _register("convnext_tiny", {"depths": (3, 3, 9, 3), "dims": (96, 192, 384, 768)})
+ConvNeXtSmall = _register("convnext_small", {"depths": (3, 3, 27, 3), "dims": (96, 192, 384, 768)})
+ConvNeXtBase = _register("convnext_base", {"depths": (3, 3, 27, 3), "dims": (128, 256, 512, 1024)})
+ConvNeXtLarge = _register(
+    "convnext_large", {"depths": (3, 3, 27, 3), "dims": (192, 384, 768, 1536)}
+)

@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from .._registry import register_model
+from .._registry import variants
 from ..layers import (
     BatchNorm2d,
     Conv2d,
@@ -233,26 +233,24 @@ class DenseNet(FeatureMixin, nn.Module):
 _PAPER = "Huang et al., Densely Connected Convolutional Networks, CVPR 2017"
 
 
-def _variant(
-    name: str, camel: str, growth_rate: int, block_config: Sequence[int]
-) -> Callable[..., nn.Module]:
-    # timm registers the torchvision architectures under the same names and module names.
-    return register_model(
-        name,
-        DenseNet,
-        family="densenet",
-        camel=camel,
-        sources={"torchvision": name, "timm": name},
-        classifier="classifier",
-        first_conv="features.conv0",
-        paper=_PAPER,
-        growth_rate=growth_rate,
-        block_config=tuple(block_config),
-        num_init_features=2 * growth_rate,
+# timm registers the torchvision architectures under the same names and module names.
+_register = variants(
+    DenseNet,
+    family="densenet",
+    sources=("torchvision", "timm"),
+    classifier="classifier",
+    first_conv="features.conv0",
+    paper=_PAPER,
+)
+
+
+def _config(growth_rate: int, block_config: tuple[int, ...]) -> dict[str, Any]:
+    return dict(
+        growth_rate=growth_rate, block_config=block_config, num_init_features=2 * growth_rate
     )
 
 
-DenseNet121 = _variant("densenet121", "DenseNet121", 32, (6, 12, 24, 16))
-DenseNet161 = _variant("densenet161", "DenseNet161", 48, (6, 12, 36, 24))
-DenseNet169 = _variant("densenet169", "DenseNet169", 32, (6, 12, 32, 32))
-DenseNet201 = _variant("densenet201", "DenseNet201", 32, (6, 12, 48, 32))
+DenseNet121 = _register("densenet121", _config(32, (6, 12, 24, 16)))
+DenseNet161 = _register("densenet161", _config(48, (6, 12, 36, 24)))
+DenseNet169 = _register("densenet169", _config(32, (6, 12, 32, 32)))
+DenseNet201 = _register("densenet201", _config(32, (6, 12, 48, 32)))

@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from .._registry import register_model
+from .._registry import variants
 from ..layers import BatchNorm2d, Conv2d, Dropout, check_image_input, interpolate
 from .resnet import ResNet
 
@@ -114,23 +114,17 @@ _PAPER = (
 )
 
 
-def _variant(name: str, camel: str, stage_sizes: tuple[int, ...]) -> Callable[..., nn.Module]:
-    return register_model(
-        name,
-        FCN,
-        family="fcn",
-        camel=camel,
-        sources={"torchvision": name},
-        input_size=(224, 224, 3),
-        classifier="classifier.4",
-        first_conv="backbone.conv1",
-        paper=_PAPER,
-        task="segmentation",
-        # torchvision builds the aux head only for pretrained weights unless asked.
-        torch_kwargs={"aux_loss": True},
-        stage_sizes=stage_sizes,
-    )
-
-
-FCN_ResNet50 = _variant("fcn_resnet50", "FCN_ResNet50", (3, 4, 6, 3))
-FCN_ResNet101 = _variant("fcn_resnet101", "FCN_ResNet101", (3, 4, 23, 3))
+_register = variants(
+    FCN,
+    family="fcn",
+    sources=("torchvision",),
+    input_size=(224, 224, 3),
+    classifier="classifier.4",
+    first_conv="backbone.conv1",
+    paper=_PAPER,
+    task="segmentation",
+    # torchvision builds the aux head only for pretrained weights unless asked.
+    torch_kwargs={"aux_loss": True},
+)
+FCN_ResNet50 = _register("fcn_resnet50", {"stage_sizes": (3, 4, 6, 3)})
+FCN_ResNet101 = _register("fcn_resnet101", {"stage_sizes": (3, 4, 23, 3)})

@@ -102,7 +102,6 @@ NetworkInNetwork = register_model(
     "nin",
     NiN,
     family="nin",
-    camel="NetworkInNetwork",
     classifier=None,
     first_conv="block1.conv",
     min_size=67,

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from .._registry import register_model
+from .._registry import variants
 from ..layers import (
     BatchNorm2d,
     Conv2d,
@@ -52,8 +52,12 @@ __all__ = ["BasicBlock", "Bottleneck", "ResNet", "make_divisible"]
 ModuleDef = Callable[..., nn.Module]
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 convs and an identity (or 1x1 projection) shortcut (ResNet-18/34)."""
+class _Block(nn.Module):
+    """What every residual block of :class:`ResNet` is given (the fields of both kinds).
+
+    ``conv`` and ``norm`` are the parent's partials (dtype, BN settings); ``attn`` builds
+    the SE module (``None``: no attention); ``act`` is the activation.
+    """
 
     planes: int
     conv: ModuleDef
@@ -72,59 +76,44 @@ class BasicBlock(nn.Module):
 
     expansion: ClassVar[int] = 1
 
+    @property
+    def last_norm(self) -> ModuleDef:
+        """The block's last BN, scale initialised to zero with ``zero_init_last``."""
+        if self.zero_init_last:
+            return partial(self.norm, scale_init=nn.initializers.zeros)
+        return self.norm
+
+
+class BasicBlock(_Block):
+    """Two 3x3 convs and an identity (or 1x1 projection) shortcut (ResNet-18/34)."""
+
+    expansion: ClassVar[int] = 1
+
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         if self.groups != 1 or self.base_width != 64:
             raise ValueError("BasicBlock only supports groups=1 and width_per_group=64")
         if self.dilation > 1:
             raise ValueError("BasicBlock does not support dilation > 1 (as in torchvision)")
-        last_norm = (
-            partial(self.norm, scale_init=nn.initializers.zeros)
-            if self.zero_init_last
-            else self.norm
-        )
         out = self.conv(self.planes, 3, self.stride, padding=1, name="conv1")(x)
         out = self.act(self.norm(name="bn1")(out, train=train))
         out = self.conv(self.planes, 3, padding=1, name="conv2")(out)
-        out = last_norm(name="bn2")(out, train=train)
-        out = _attn(self, out)
-        out = DropPath(self.drop_path, name="drop_path")(out, train=train)
-        return self.act(out + _shortcut(self, x, self.planes, train))
+        out = self.last_norm(name="bn2")(out, train=train)
+        return _residual(self, out, x, train)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_Block):
     """1x1 reduce, 3x3 (strided, grouped, dilated), 1x1 expand x4 (ResNet-50 and deeper).
 
     The stride is on the 3x3 conv (torchvision's ResNet v1.5), and its width is
     ``int(planes * base_width / 64) * groups``, which gives ResNeXt and Wide ResNet.
     """
 
-    planes: int
-    conv: ModuleDef
-    norm: ModuleDef
-    stride: int = 1
-    downsample: bool = False
-    groups: int = 1
-    base_width: int = 64
-    dilation: int = 1
-    first_dilation: int = 1
-    zero_init_last: bool = False
-    drop_path: float = 0.0
-    avg_down: bool = False
-    attn: ModuleDef | None = None
-    act: Callable[[jax.Array], jax.Array] = relu
-
     expansion: ClassVar[int] = 4
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         width = int(self.planes * (self.base_width / 64.0)) * self.groups
-        out_ch = self.planes * self.expansion
-        last_norm = (
-            partial(self.norm, scale_init=nn.initializers.zeros)
-            if self.zero_init_last
-            else self.norm
-        )
         out = self.conv(width, 1, name="conv1")(x)
         out = self.act(self.norm(name="bn1")(out, train=train))
         out = self.conv(
@@ -137,14 +126,19 @@ class Bottleneck(nn.Module):
             name="conv2",
         )(out)
         out = self.act(self.norm(name="bn2")(out, train=train))
-        out = self.conv(out_ch, 1, name="conv3")(out)
-        out = last_norm(name="bn3")(out, train=train)
-        out = _attn(self, out)
-        out = DropPath(self.drop_path, name="drop_path")(out, train=train)
-        return self.act(out + _shortcut(self, x, out_ch, train))
+        out = self.conv(self.planes * self.expansion, 1, name="conv3")(out)
+        out = self.last_norm(name="bn3")(out, train=train)
+        return _residual(self, out, x, train)
 
 
-def _shortcut(block: BasicBlock | Bottleneck, x: jax.Array, out_ch: int, train: bool) -> jax.Array:
+def _residual(block: _Block, out: jax.Array, x: jax.Array, train: bool) -> jax.Array:
+    """A block's tail: [SE], drop path, add the shortcut, activation."""
+    out = _attn(block, out)
+    out = DropPath(block.drop_path, name="drop_path")(out, train=train)
+    return block.act(out + _shortcut(block, x, block.planes * block.expansion, train))
+
+
+def _shortcut(block: _Block, x: jax.Array, out_ch: int, train: bool) -> jax.Array:
     """Identity, or the ``downsample`` projection.
 
     torchvision's is Sequential(conv1x1 (strided), BN). ResNet-D's (``avg_down``, Bag of
@@ -165,11 +159,22 @@ def _shortcut(block: BasicBlock | Bottleneck, x: jax.Array, out_ch: int, train: 
     return block.norm(name="downsample_2")(sc, train=train)
 
 
-def _attn(block: BasicBlock | Bottleneck, x: jax.Array) -> jax.Array:
+def _attn(block: _Block, x: jax.Array) -> jax.Array:
     """timm's ``se`` after the last BN: SE with ratio 1/16, rounded to a multiple of 8."""
     if block.attn is None:
         return x
     return block.attn(make_divisible(x.shape[-1] / 16, 8, round_limit=0.0), name="se")(x)
+
+
+class _Stage(NamedTuple):
+    """One stage of the plan: block width, stride of its first block, dilation of its
+    blocks and of its first block's 3x3 conv, and its output stride."""
+
+    planes: int
+    stride: int
+    dilation: int
+    first_dilation: int
+    reduction: int
 
 
 STEMS = ("", "cifar", "deep")
@@ -211,7 +216,7 @@ class ResNet(FeatureMixin, nn.Module):
             unpooled ``layer4`` map (timm's ``forward_features``).
         bn_eps, bn_momentum: BatchNorm settings (torch's defaults).
         act_layer: the activation, by name (:func:`flaxcnn.layers.get_act`) or a callable
-            (timm's ``act_layer``); ``'relu'`` is :func:`flaxcnn.layers.relu`. Converted
+            (timm's ``act_layer``). Converted
             weights need ReLU; a smooth one (``'silu'``) makes the gradient a continuous
             function of the weights (the multi-host test relies on that).
         dtype: computation dtype (``jnp.bfloat16`` for mixed precision); ``param_dtype``
@@ -241,18 +246,29 @@ class ResNet(FeatureMixin, nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
+    def _stage_plan(self) -> list[_Stage]:
+        """Width, stride and dilation of every stage: what ``__call__`` builds and what
+        ``feature_info`` reports."""
+        cifar = self.stem_type == "cifar"
+        reduction = 1 if cifar else 4  # after the stem's max pool
+        dilation, plan = 1, []
+        for i in range(len(self.stage_sizes)):
+            stride, first_dilation = (1 if i == 0 else 2), dilation
+            if i > 0 and self.replace_stride_with_dilation[i - 1]:
+                dilation *= stride
+                stride = 1
+            reduction *= stride
+            plan.append(_Stage(64 * 2**i, stride, dilation, first_dilation, reduction))
+        return plan
+
     def _stage_info(self) -> list[dict[str, Any]]:
         exp = BLOCKS[self.block].expansion
-        chans = [self._stem_chs] + [64 * 2**i * exp for i in range(len(self.stage_sizes))]
-        mods = ["act1"] + [f"layer{i + 1}" for i in range(len(self.stage_sizes))]
-        cifar = self.stem_type == "cifar"
-        red = [1 if cifar else 2]
-        r = 1 if cifar else 4  # after the stem's max pool
-        for i in range(len(self.stage_sizes)):
-            if i > 0 and not self.replace_stride_with_dilation[i - 1]:
-                r *= 2
-            red.append(r)
-        return stage_info(chans, red, mods)
+        plan = self._stage_plan()
+        return stage_info(
+            [self._stem_chs] + [s.planes * exp for s in plan],
+            [1 if self.stem_type == "cifar" else 2] + [s.reduction for s in plan],
+            ["act1"] + [f"layer{i + 1}" for i in range(len(plan))],
+        )
 
     @property
     def _stem_chs(self) -> int:
@@ -287,7 +303,7 @@ class ResNet(FeatureMixin, nn.Module):
             if self.attn_layer
             else None
         )
-        act = relu if self.act_layer == "relu" else get_act(self.act_layer)
+        act = get_act(self.act_layer)
         cifar = self.stem_type == "cifar"
         if self.stem_type == "deep":
             w = self.stem_width
@@ -306,14 +322,11 @@ class ResNet(FeatureMixin, nn.Module):
             x = max_pool2d(x, 3, 2, padding=1)
 
         total = sum(self.stage_sizes)
-        in_ch, dilation, idx = self._stem_chs, 1, 0
-        for i, n_blocks in enumerate(self.stage_sizes):
-            planes = 64 * 2**i
-            stride = 1 if i == 0 else 2
-            prev_dilation = dilation
-            if i > 0 and self.replace_stride_with_dilation[i - 1]:
-                dilation *= stride
-                stride = 1
+        in_ch, idx = self._stem_chs, 0
+        for i, (n_blocks, stage) in enumerate(
+            zip(self.stage_sizes, self._stage_plan(), strict=True)
+        ):
+            planes, stride = stage.planes, stage.stride
             for j in range(n_blocks):
                 x = block_cls(
                     planes,
@@ -323,8 +336,8 @@ class ResNet(FeatureMixin, nn.Module):
                     downsample=j == 0 and (stride != 1 or in_ch != planes * block_cls.expansion),
                     groups=self.groups,
                     base_width=self.width_per_group,
-                    dilation=dilation,
-                    first_dilation=prev_dilation if j == 0 else dilation,
+                    dilation=stage.dilation,
+                    first_dilation=stage.first_dilation if j == 0 else stage.dilation,
                     zero_init_last=self.zero_init_residual,
                     drop_path=self.drop_path_rate * idx / max(total - 1, 1),
                     avg_down=self.avg_down,
@@ -359,76 +372,52 @@ _TV_PAPER = {
 }
 
 
-def _variant(
-    name: str,
-    camel: str,
-    paper: str,
-    sources: tuple[str, ...] = ("torchvision", "timm"),
-    **config: Any,
-) -> Callable[..., nn.Module]:
-    # timm registers the torchvision architectures under the same names.
-    return register_model(
-        name,
-        ResNet,
-        family="resnet",
-        camel=camel,
-        sources={src: name for src in sources},
-        paper=_TV_PAPER[paper],
-        first_conv="conv1.0" if config.get("stem_type") == "deep" else "conv1",
-        **config,
-    )
+# timm registers the torchvision architectures under the same names.
+_register = variants(ResNet, family="resnet", sources=("torchvision", "timm"))
+_D = dict(stem_type="deep", stem_width=32, avg_down=True)
+_SE = dict(attn_layer="se")
+_R50, _R101, _R152 = (3, 4, 6, 3), (3, 4, 23, 3), (3, 8, 36, 3)
 
-
-ResNet18 = _variant("resnet18", "ResNet18", "resnet", stage_sizes=(2, 2, 2, 2), block="basic")
-ResNet34 = _variant("resnet34", "ResNet34", "resnet", stage_sizes=(3, 4, 6, 3), block="basic")
-ResNet50 = _variant("resnet50", "ResNet50", "resnet", stage_sizes=(3, 4, 6, 3))
-ResNet101 = _variant("resnet101", "ResNet101", "resnet", stage_sizes=(3, 4, 23, 3))
-ResNet152 = _variant("resnet152", "ResNet152", "resnet", stage_sizes=(3, 8, 36, 3))
-ResNeXt50_32x4d = _variant(
+ResNet18 = _register(
+    "resnet18", {"stage_sizes": (2, 2, 2, 2), "block": "basic"}, paper=_TV_PAPER["resnet"]
+)
+ResNet34 = _register("resnet34", {"stage_sizes": _R50, "block": "basic"}, paper=_TV_PAPER["resnet"])
+ResNet50 = _register("resnet50", {"stage_sizes": _R50}, paper=_TV_PAPER["resnet"])
+ResNet101 = _register("resnet101", {"stage_sizes": _R101}, paper=_TV_PAPER["resnet"])
+ResNet152 = _register("resnet152", {"stage_sizes": _R152}, paper=_TV_PAPER["resnet"])
+ResNeXt50_32x4d = _register(
     "resnext50_32x4d",
-    "ResNeXt50_32x4d",
-    "resnext",
-    stage_sizes=(3, 4, 6, 3),
-    groups=32,
-    width_per_group=4,
+    {"stage_sizes": _R50, "groups": 32, "width_per_group": 4},
+    paper=_TV_PAPER["resnext"],
 )
-ResNeXt101_32x8d = _variant(
+ResNeXt101_32x8d = _register(
     "resnext101_32x8d",
-    "ResNeXt101_32x8d",
-    "resnext",
-    stage_sizes=(3, 4, 23, 3),
-    groups=32,
-    width_per_group=8,
+    {"stage_sizes": _R101, "groups": 32, "width_per_group": 8},
+    paper=_TV_PAPER["resnext"],
 )
-ResNeXt101_64x4d = _variant(
+ResNeXt101_64x4d = _register(
     "resnext101_64x4d",
-    "ResNeXt101_64x4d",
-    "resnext",
-    stage_sizes=(3, 4, 23, 3),
-    groups=64,
-    width_per_group=4,
+    {"stage_sizes": _R101, "groups": 64, "width_per_group": 4},
+    paper=_TV_PAPER["resnext"],
 )
-WideResNet50_2 = _variant(
-    "wide_resnet50_2", "WideResNet50_2", "wide", stage_sizes=(3, 4, 6, 3), width_per_group=128
+WideResNet50_2 = _register(
+    "wide_resnet50_2", {"stage_sizes": _R50, "width_per_group": 128}, paper=_TV_PAPER["wide"]
 )
-WideResNet101_2 = _variant(
-    "wide_resnet101_2", "WideResNet101_2", "wide", stage_sizes=(3, 4, 23, 3), width_per_group=128
+WideResNet101_2 = _register(
+    "wide_resnet101_2", {"stage_sizes": _R101, "width_per_group": 128}, paper=_TV_PAPER["wide"]
 )
 
-_D = dict(sources=("timm",), stem_type="deep", stem_width=32, avg_down=True)
-ResNet50d = _variant("resnet50d", "ResNet50d", "resnetd", stage_sizes=(3, 4, 6, 3), **_D)
-ResNet101d = _variant("resnet101d", "ResNet101d", "resnetd", stage_sizes=(3, 4, 23, 3), **_D)
+# timm only; the deep stem's first conv is timm's ``conv1.0``.
+_register_d = variants(
+    ResNet, family="resnet", sources=("timm",), first_conv="conv1.0", paper=_TV_PAPER["resnetd"]
+)
+ResNet50d = _register_d("resnet50d", {"stage_sizes": _R50, **_D})
+ResNet101d = _register_d("resnet101d", {"stage_sizes": _R101, **_D})
 
-_SE = dict(sources=("timm",), attn_layer="se")
-SEResNet50 = _variant("seresnet50", "SEResNet50", "se", stage_sizes=(3, 4, 6, 3), **_SE)
-SEResNet101 = _variant("seresnet101", "SEResNet101", "se", stage_sizes=(3, 4, 23, 3), **_SE)
-SEResNet152 = _variant("seresnet152", "SEResNet152", "se", stage_sizes=(3, 8, 36, 3), **_SE)
-SEResNeXt50_32x4d = _variant(
-    "seresnext50_32x4d",
-    "SEResNeXt50_32x4d",
-    "se",
-    stage_sizes=(3, 4, 6, 3),
-    groups=32,
-    width_per_group=4,
-    **_SE,
+_register_se = variants(ResNet, family="resnet", sources=("timm",), paper=_TV_PAPER["se"])
+SEResNet50 = _register_se("seresnet50", {"stage_sizes": _R50, **_SE})
+SEResNet101 = _register_se("seresnet101", {"stage_sizes": _R101, **_SE})
+SEResNet152 = _register_se("seresnet152", {"stage_sizes": _R152, **_SE})
+SEResNeXt50_32x4d = _register_se(
+    "seresnext50_32x4d", {"stage_sizes": _R50, "groups": 32, "width_per_group": 4, **_SE}
 )

@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from .._registry import register_model
+from .._registry import variants
 from ..layers import (
     BatchNorm2d,
     Conv2d,
@@ -203,19 +203,13 @@ class ResNetV2(FeatureMixin, nn.Module):
 _PAPER = "He et al., Identity Mappings in Deep Residual Networks, ECCV 2016"
 
 
-def _variant(name: str, camel: str, layers: Sequence[int]) -> Callable[..., nn.Module]:
-    return register_model(
-        name,
-        ResNetV2,
-        family="resnetv2",
-        camel=camel,
-        sources={"timm": name},
-        classifier="head.fc",
-        first_conv="stem.conv",
-        paper=_PAPER,
-        layers=tuple(layers),
-    )
-
-
-ResNetV2_50 = _variant("resnetv2_50", "ResNetV2_50", (3, 4, 6, 3))
-ResNetV2_101 = _variant("resnetv2_101", "ResNetV2_101", (3, 4, 23, 3))
+_register = variants(
+    ResNetV2,
+    family="resnetv2",
+    sources=("timm",),
+    classifier="head.fc",
+    first_conv="stem.conv",
+    paper=_PAPER,
+)
+ResNetV2_50 = _register("resnetv2_50", {"layers": (3, 4, 6, 3)})
+ResNetV2_101 = _register("resnetv2_101", {"layers": (3, 4, 23, 3)})

@@ -29,7 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from .._registry import register_model
+from .._registry import variants
 from ..layers import (
     BatchNorm2d,
     Conv2d,
@@ -194,28 +194,17 @@ class SENet(FeatureMixin, nn.Module):
         return nn.Dense(self.num_classes, name="last_linear", **dt)(x)
 
 
-def _legacy(name: str, camel: str, **config: Any) -> Callable[..., nn.Module]:
-    return register_model(
-        name,
-        SENet,
-        family="senet",
-        camel=camel,
-        sources={"timm": name},
-        classifier="last_linear",
-        first_conv="layer0.conv1",
-        paper="Hu et al., Squeeze-and-Excitation Networks, CVPR 2018",
-        **config,
-    )
-
-
-# The small one first: the registry-wide contract test compiles each family's first model.
-LegacySEResNeXt26_32x4d = _legacy(
-    "legacy_seresnext26_32x4d",
-    "LegacySEResNeXt26_32x4d",
-    layers=(2, 2, 2, 2),
-    block="seresnext",
-    groups=32,
-    inplanes=64,
-    downsample_kernel_size=1,
+_register = variants(
+    SENet,
+    family="senet",
+    sources=("timm",),
+    classifier="last_linear",
+    first_conv="layer0.conv1",
+    paper="Hu et al., Squeeze-and-Excitation Networks, CVPR 2018",
 )
-SENet154 = _legacy("legacy_senet154", "SENet154")
+# The small one first: the registry-wide contract test compiles each family's first model.
+LegacySEResNeXt26_32x4d = _register(
+    "legacy_seresnext26_32x4d",
+    dict(layers=(2, 2, 2, 2), block="seresnext", groups=32, inplanes=64, downsample_kernel_size=1),
+)
+SENet154 = _register("legacy_senet154")

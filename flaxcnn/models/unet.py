@@ -27,7 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from .._registry import register_model
+from .._registry import variants
 from ..layers import (
     BatchNorm2d,
     Conv2d,
@@ -185,32 +185,19 @@ _PAPER = (
     "Segmentation, MICCAI 2015"
 )
 
+_register = variants(
+    UNet, family="unet", classifier=None, first_conv=None, paper=_PAPER, task="segmentation"
+)
 # The paper's network: 1-channel 572x572 tiles -> 2-class 388x388 maps.
-UNetOriginal = register_model(
+UNetOriginal = _register(
     "unet_original",
-    UNet,
-    family="unet",
-    camel="UNetOriginal",
     input_size=(572, 572, 1),
-    classifier=None,
-    first_conv=None,
-    paper=_PAPER,
     min_size=188,  # the smallest side the depth-4 unpadded net accepts (-> 4x4 output)
-    task="segmentation",
 )
 # The common padded variant (output size = input size) with BatchNorm, on RGB images.
-UNetPadded = register_model(
+UNetPadded = _register(
     "unet_padded",
-    UNet,
-    family="unet",
-    camel="UNetPadded",
+    {"in_chans": 3, "padded": True, "use_bn": True},
     input_size=(256, 256, 3),
-    classifier=None,
-    first_conv=None,
-    paper=_PAPER,
     min_size=16,
-    task="segmentation",
-    in_chans=3,
-    padded=True,
-    use_bn=True,
 )

@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from .._registry import register_model
+from .._registry import variants
 from ..layers import (
     BatchNorm2d,
     Conv2d,
@@ -129,28 +129,19 @@ _PAPER = (
 )
 
 
-def _variant(depth: int, config: str, bn: bool) -> Any:
-    name = f"vgg{depth}" + ("_bn" if bn else "")
-    return register_model(
-        name,
-        VGG,
-        family="vgg",
-        camel=f"VGG{depth}" + ("_BN" if bn else ""),
-        sources={"torchvision": name},
-        classifier="classifier.6",
-        first_conv="features.0",
-        paper=_PAPER,
-        verify_size=(67, 83),
-        config=config,
-        batch_norm=bn,
-    )
-
-
-VGG11 = _variant(11, "A", False)
-VGG11_BN = _variant(11, "A", True)
-VGG13 = _variant(13, "B", False)
-VGG13_BN = _variant(13, "B", True)
-VGG16 = _variant(16, "D", False)
-VGG16_BN = _variant(16, "D", True)
-VGG19 = _variant(19, "E", False)
-VGG19_BN = _variant(19, "E", True)
+_register = variants(
+    VGG,
+    family="vgg",
+    sources=("torchvision",),
+    classifier="classifier.6",
+    first_conv="features.0",
+    paper=_PAPER,
+)
+VGG11 = _register("vgg11", {"config": "A", "batch_norm": False})
+VGG11_BN = _register("vgg11_bn", {"config": "A", "batch_norm": True})
+VGG13 = _register("vgg13", {"config": "B", "batch_norm": False})
+VGG13_BN = _register("vgg13_bn", {"config": "B", "batch_norm": True})
+VGG16 = _register("vgg16", {"config": "D", "batch_norm": False})
+VGG16_BN = _register("vgg16_bn", {"config": "D", "batch_norm": True})
+VGG19 = _register("vgg19", {"config": "E", "batch_norm": False})
+VGG19_BN = _register("vgg19_bn", {"config": "E", "batch_norm": True})

@@ -27,7 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from .._registry import register_model
+from .._registry import register_model, variants
 from ..layers import (
     BatchNorm2d,
     Conv2d,
@@ -376,32 +376,24 @@ LegacyXception = register_model(
     "legacy_xception",
     Xception,
     family="xception",
-    camel="LegacyXception",
-    sources={"timm": "legacy_xception"},
+    sources=("timm",),
     input_size=(299, 299, 3),
     paper=_PAPER,
 )
 
-
-def _aligned(
-    name: str, camel: str, middle: int, entry: Sequence[tuple[int, int]]
-) -> Callable[..., nn.Module]:
-    return register_model(
-        name,
-        XceptionAligned,
-        family="xception",
-        camel=camel,
-        sources={"timm": name},
-        input_size=(299, 299, 3),
-        classifier="head.fc",
-        first_conv="stem.0.conv",
-        paper=_ALIGNED,
-        block_cfg=_aligned_blocks(middle, entry),
-    )
-
-
-Xception41 = _aligned("xception41", "Xception41", 8, ((128, 2), (256, 2), (728, 2)))
-Xception65 = _aligned("xception65", "Xception65", 16, ((128, 2), (256, 2), (728, 2)))
-Xception71 = _aligned(
-    "xception71", "Xception71", 16, ((128, 2), (256, 1), (256, 2), (728, 1), (728, 2))
+_register_aligned = variants(
+    XceptionAligned,
+    family="xception",
+    sources=("timm",),
+    input_size=(299, 299, 3),
+    classifier="head.fc",
+    first_conv="stem.0.conv",
+    paper=_ALIGNED,
+)
+_ENTRY = ((128, 2), (256, 2), (728, 2))
+Xception41 = _register_aligned("xception41", {"block_cfg": _aligned_blocks(8, _ENTRY)})
+Xception65 = _register_aligned("xception65", {"block_cfg": _aligned_blocks(16, _ENTRY)})
+Xception71 = _register_aligned(
+    "xception71",
+    {"block_cfg": _aligned_blocks(16, ((128, 2), (256, 1), (256, 2), (728, 1), (728, 2)))},
 )

@@ -32,9 +32,10 @@ import pytest
 import flaxcnn
 from flaxcnn._registry import _REGISTRY
 
-MODELS = flaxcnn.list_models()
+MODELS = [n for n in flaxcnn.list_models() if flaxcnn.get_model_spec(n).task != "clip"]
+CLIPS = flaxcnn.list_models(family="clip")
 AUTO_NAME = re.compile(r"[A-Z]\w*_\d+")  # flax's default: class name, index
-FULL = {*{s.family: n for n, s in reversed(_REGISTRY.items())}.values()} | {
+FULL = {*{s.family: n for n, s in reversed(_REGISTRY.items()) if n in MODELS}.values()} | {
     n for n, s in _REGISTRY.items() if not s.sources
 }
 
@@ -162,3 +163,36 @@ def test_model_contract(name):
     # bf16 compute with the same float32 variables: bf16 outputs, finite.
     assert {a.dtype for a in jax.tree.leaves(out16)} == {jnp.dtype(jnp.bfloat16)}
     assert _finite(out16)
+
+
+@pytest.mark.parametrize("name", CLIPS)
+def test_clip_contract(name):
+    """CLIP's checks, traced (its two towers are run concretely, with their gradients, in
+    tests/models/test_clip.py on tiny configurations and by the equivalence suite at full
+    size): NCHW images refused, every submodule named, float32 variables, and
+    ``(logits_per_image, logits_per_text)`` of the right shapes in float32 and bf16."""
+    spec = flaxcnn.get_model_spec(name)
+    model = flaxcnn.create_model(name)
+    r = spec.input_size[0]
+    images, tokens = model.example_inputs((2,))
+    tokens = jnp.zeros((3, tokens.shape[1]), jnp.int32)
+    with pytest.raises(ValueError, match="NCHW"):
+        jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((2, 3, r, r)), tokens)
+    paths = set()
+
+    def record(next_fun, args, kwargs, context):
+        paths.add(context.module.path)
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        abstract = jax.eval_shape(model.init, jax.random.key(0), images, tokens)
+    auto = sorted("/".join(p) for p in paths if p and AUTO_NAME.fullmatch(p[-1]))
+    assert not auto, f"auto-named submodules: {auto[:5]}"
+    assert set(abstract) <= {"params", "batch_stats"}
+    assert {a.dtype for a in jax.tree.leaves(abstract)} == {jnp.dtype("float32")}
+    for dtype in (jnp.float32, jnp.bfloat16):
+        out = jax.eval_shape(
+            flaxcnn.create_model(name, dtype=dtype).apply, abstract, images, tokens
+        )
+        assert [o.shape for o in out] == [(2, 3), (3, 2)]
+        assert {o.dtype for o in out} == {jnp.dtype(dtype)}

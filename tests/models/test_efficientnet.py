@@ -58,6 +58,28 @@ def test_depth_scaling_shares_repeats_from_the_last_kind():
     assert [a.exp_ratio for a in stage] == [6.0, 2.5, 2.5, 2.3, 2.3, 2.3]
 
 
+@pytest.mark.parametrize("name", ["mobilenetv3_large_100", "tf_efficientnetv2_b0"])
+def test_stage_plan_is_what_is_built(name):
+    """The one decoded plan (:meth:`EfficientNet.stage_plan`) names every block the model
+    builds, with its output and SE widths (shapes only: ``jax.eval_shape``)."""
+    model = flaxcnn.create_model(name)
+    h, w, c = flaxcnn.get_model_spec(name).input_size
+    params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, h, w, c)))["params"]
+    plan = model.stage_plan()
+    built = {k for k in params if k.startswith("blocks_")}
+    assert built == {f"blocks_{i}_{j}" for i, s in enumerate(plan) for j in range(len(s))}
+    for i, stage in enumerate(plan):
+        for j, b in enumerate(stage):
+            block = params[f"blocks_{i}_{j}"]
+            last = {"ds": "conv_pw", "dsa": "conv_pw", "cn": "conv"}.get(
+                b.args.block_type, "conv_pwl"
+            )
+            assert block[last]["kernel"].shape[-1] == b.out_chs
+            se = block.get("se")
+            assert (se["fc1"]["kernel"].shape[-1] if se else 0) == b.se_chs
+    assert [s[0].stride for s in plan] == [int(s.split("_s")[1][0]) for s in model.arch]
+
+
 def test_features_and_bad_fields():
     model = flaxcnn.create_model("mobilenetv3_small_100", num_classes=0)
     x = jnp.zeros((1, 64, 64, 3))

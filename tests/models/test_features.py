@@ -48,6 +48,7 @@ EXTRA_HEADS = {
     "GoogLeNet": {"aux1", "aux2"},
     "Inception3": {"AuxLogits"},
     "ResNetV2": {"norm"},
+    "VisionTransformer": {"norm"},
 }
 
 
@@ -146,11 +147,14 @@ def test_heads(name):
     _, _, feats, _ = _features(name)
     x = _input(name)
     has_pool = "global_pool" in spec.fields
-    model = _build(name, num_classes=7, **({"global_pool": "max"} if has_pool else {}))
+    # A ViT's pool decides where its final LayerNorm sits (timm's fc_norm after the 'avg'-like
+    # pools, norm before 'token'), so its variables change with it: keep its class token.
+    pools = ("token", "token") if spec.family == "vit" else ("max", "avgmax")
+    model = _build(name, num_classes=7, **({"global_pool": pools[0]} if has_pool else {}))
     logits, variables = _init_shapes(model, x)
     assert logits.shape == (2, 7)
     pre = jax.eval_shape(
-        _build(name, num_classes=0, **({"global_pool": "avgmax"} if has_pool else {})).apply,
+        _build(name, num_classes=0, **({"global_pool": pools[1]} if has_pool else {})).apply,
         variables,
         x,
     )
@@ -164,6 +168,10 @@ def test_heads(name):
         assert spec.family in ("lenet", "alexnet", "vgg")  # flattening heads
         return
     fmap = jax.eval_shape(_build(name, num_classes=0, global_pool="").apply, variables, x)
+    if spec.family == "vit":  # timm's forward_features: the normalised tokens, class first
+        grid = x.shape[1] // spec.config["patch_size"]
+        assert fmap.shape == (2, 1 + grid * grid, pre.shape[-1])
+        return
     # timm's forward_features: the last stage's height (the cached maps had the same H);
     # its channels, or the pre-logits width (after EfficientNet's head conv).
     h_last = feats[-1].shape[1]

@@ -200,3 +200,12 @@ def test_act_layer_is_timms():
     y_relu = ResNet18().apply(v, X[:1])
     assert not np.allclose(ResNet18(act_layer="silu").apply(v, X[:1]), y_relu)
     assert np.array_equal(ResNet18(act_layer=jax.nn.relu).apply(v, X[:1]), y_relu)
+
+
+def test_relu_is_one_function():
+    """``'relu'`` names torch's ReLU (:func:`flaxcnn.layers.relu`) everywhere, ResNet's
+    ``act_layer`` default included (models/resnet.py has no ReLU of its own)."""
+    from flaxcnn.layers import get_act, relu
+
+    assert get_act("relu") is relu
+    assert ResNet18().act_layer == "relu"
