@@ -115,7 +115,31 @@ class ModelSpec:
                 f"{self.name}: unknown argument(s) {unknown}; "
                 f"{self.cls.__name__} accepts: {', '.join(self.fields)}"
             )
+        _check_common_fields(self, overrides)
         return self.cls(**{**self.config, **overrides})
+
+
+def _check_common_fields(spec: ModelSpec, overrides: Mapping[str, Any]) -> None:
+    """One-line errors for the arguments every family shares, before a module is built
+    (they would otherwise fail deep inside a layer: ``num_classes='10'``, ``in_chans=0``),
+    and for ``out_indices`` without ``features_only``, which timm refuses too."""
+    for field, low in (("num_classes", 0), ("in_chans", 1)):
+        if field in overrides:
+            v = overrides[field]
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"{spec.name}: {field} must be an integer >= {low}, got {v!r}")
+    if "out_indices" in overrides and not overrides.get("features_only", False):
+        default = spec.config.get("out_indices", _field_default(spec.cls, "out_indices"))
+        if overrides["out_indices"] != default:
+            raise ValueError(
+                f"{spec.name}: out_indices selects the maps of features_only=True; "
+                "pass features_only=True with it"
+            )
+
+
+def _field_default(cls: type, name: str) -> Any:
+    field = {f.name: f for f in dataclasses.fields(cls)}.get(name)
+    return None if field is None else field.default
 
 
 # The metadata ``register_model`` accepts: every ModelSpec field but the three it is given.

@@ -314,3 +314,46 @@ def test_import_flaxcnn_does_not_import_torch():
 
 def test_registry_is_private_state():
     assert _registry.get_model_spec("resnet50").family == "resnet"
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"num_classes": -1}, "num_classes must be an integer >= 0, got -1"),
+        ({"num_classes": "10"}, "num_classes must be an integer >= 0, got '10'"),
+        ({"num_classes": True}, "num_classes must be an integer >= 0"),
+        ({"in_chans": 0}, "in_chans must be an integer >= 1, got 0"),
+        ({"out_indices": (1, 2)}, "out_indices selects the maps of features_only=True"),
+    ],
+)
+def test_common_arguments_are_checked(kw, match):
+    with pytest.raises(ValueError, match=match):
+        flaxcnn.create_model("resnet18", **kw)
+    flaxcnn.create_model("resnet18", features_only=True, out_indices=(1, 2))  # fine together
+
+
+def test_train_mode_without_mutable_batch_stats_says_what_to_pass():
+    import jax
+    import jax.numpy as jnp
+
+    model = flaxcnn.create_model("resnet18", num_classes=3, stem_type="cifar", stage_sizes=(1,))
+    x = jnp.zeros((2, 8, 8, 3))
+    v = jax.eval_shape(model.init, jax.random.key(0), x)
+    with pytest.raises(ValueError, match=r"mutable=\['batch_stats'\]"):
+        jax.eval_shape(lambda v: model.apply(v, x, train=True), v)
+
+
+def test_too_small_inputs_are_refused_clearly():
+    import jax
+    import jax.numpy as jnp
+
+    with pytest.raises(ValueError, match=r"at least 32x32 .*got 28x28"):
+        jax.eval_shape(
+            flaxcnn.create_model("lenet5").init, jax.random.key(0), jnp.zeros((1, 28, 28, 1))
+        )
+    with pytest.raises(ValueError, match=r"at least 16x16, got 15x64"):
+        jax.eval_shape(
+            flaxcnn.create_model("vit_tiny_patch16_224").init,
+            jax.random.key(0),
+            jnp.zeros((1, 15, 64, 3)),
+        )

@@ -74,6 +74,12 @@ class BatchNorm2d(nn.Module):
         )
 
         scale_acc = None if scale is None else scale.astype(acc)
+        if train and not self.is_mutable_collection("batch_stats"):
+            raise ValueError(
+                "train=True updates the BatchNorm running statistics: apply with "
+                "mutable=['batch_stats'], e.g. `y, state = model.apply(variables, x, "
+                "train=True, mutable=['batch_stats'])`"
+            )
         if train and self.axis_name is None:
             y, mean, var = _batch_norm_train(x, scale_acc, bias, self.eps, dtype)
             self._update_running(ra_mean, ra_var, mean, var, x.size // c)

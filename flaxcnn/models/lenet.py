@@ -64,6 +64,14 @@ class LeNet(FeatureMixin, nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array | list[jax.Array]:
         check_image_input(x, self.in_chans, type(self).__name__)
+        # conv 5x5, pool 2, conv 5x5, pool 2 (and the 5x5 C5 conv) leave 1x1 from 32 - 2p.
+        smallest = 32 - 2 * self.conv1_padding
+        if min(x.shape[1:3]) < smallest:
+            raise ValueError(
+                f"{type(self).__name__} needs inputs of at least {smallest}x{smallest} with "
+                f"conv1_padding={self.conv1_padding}, got {x.shape[1]}x{x.shape[2]} "
+                "(pad the image, or use conv1_padding=2 for 28x28 digits)"
+            )
         if self.c5 not in ("conv", "fc"):
             raise ValueError(f"c5 must be 'conv' or 'fc', got {self.c5!r}")
         act = get_act(self.act)
