@@ -10,6 +10,7 @@ per-channel ``gamma`` on a residual branch.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import flax.linen as nn
@@ -86,7 +87,8 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    """timm's ``Mlp``: Linear ``fc1`` (C -> hidden), activation, dropout, Linear ``fc2``."""
+    """timm's ``Mlp``: Linear ``fc1`` (C -> hidden), activation, dropout, Linear ``fc2``
+    (ViT's blocks; ConvNeXt's on channels-last maps, whose linears it passes as ``dense``)."""
 
     hidden: int
     act_layer: str | Callable = "gelu"
@@ -94,14 +96,17 @@ class Mlp(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
     kernel_init: Callable = trunc_normal
+    dense: Callable[..., nn.Module] | None = None  # default: nn.Dense with the fields above
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        dense = dict(dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=self.kernel_init)
+        dense = self.dense or partial(
+            nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=self.kernel_init
+        )
         out = x.shape[-1]
-        x = get_act(self.act_layer)(nn.Dense(self.hidden, name="fc1", **dense)(x))
+        x = get_act(self.act_layer)(dense(self.hidden, name="fc1")(x))
         x = Dropout(self.drop, name="drop1")(x, train=train)
-        x = nn.Dense(out, name="fc2", **dense)(x)
+        x = dense(out, name="fc2")(x)
         return Dropout(self.drop, name="drop2")(x, train=train)
 
 

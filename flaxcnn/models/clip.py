@@ -170,6 +170,12 @@ class VisionTransformer(nn.Module):
         return x @ proj.astype(x.dtype)
 
 
+def _conv_bn_relu(module: nn.Module):
+    """The ResNet tower's layers in ``module``'s dtypes: bias-free convs, BatchNorm, ReLU."""
+    dt = dict(dtype=module.dtype, param_dtype=module.param_dtype)
+    return partial(Conv2d, use_bias=False, **dt), partial(BatchNorm2d, **dt), get_act("relu")
+
+
 class Bottleneck(nn.Module):
     """OpenAI's CLIP bottleneck: 1x1, 3x3, (2x2 average pool when strided), 1x1 x4; the
     shortcut, when needed, is an average pool, a 1x1 conv and a BN (``downsample_0/1``)."""
@@ -181,10 +187,7 @@ class Bottleneck(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        conv = partial(Conv2d, use_bias=False, **dt)
-        norm = partial(BatchNorm2d, **dt)
-        relu = get_act("relu")
+        conv, norm, relu = _conv_bn_relu(self)
         out_ch = 4 * self.planes
         y = relu(norm(name="bn1")(conv(self.planes, 1, name="conv1")(x), train=train))
         y = relu(norm(name="bn2")(conv(self.planes, 3, padding=1, name="conv2")(y), train=train))
@@ -248,10 +251,8 @@ class ModifiedResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        conv, norm, relu = _conv_bn_relu(self)
         dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        conv = partial(Conv2d, use_bias=False, **dt)
-        norm = partial(BatchNorm2d, **dt)
-        relu = get_act("relu")
         w = self.width
         x = relu(norm(name="bn1")(conv(w // 2, 3, 2, padding=1, name="conv1")(x), train=train))
         x = relu(norm(name="bn2")(conv(w // 2, 3, padding=1, name="conv2")(x), train=train))

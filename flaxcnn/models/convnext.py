@@ -31,26 +31,14 @@ from ..layers import (
     check_image_input,
     stage_info,
 )
-from ..layers.activations import gelu
 from ..layers.params import shaped_param
+from ..layers.transformer import Mlp
 
 __all__ = ["ConvNeXt", "ConvNeXtBlock", "ConvNeXtStage"]
 
 ModuleDef = Callable[..., nn.Module]
 # Truncated normal, std 0.02, as both torch implementations initialise convs and linears.
 _trunc_normal = nn.initializers.truncated_normal(0.02)
-
-
-class Mlp(nn.Module):
-    """timm's ``Mlp``: Linear ``fc1``, exact GELU, Linear ``fc2`` on channels-last input."""
-
-    hidden: int
-    dense: ModuleDef
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        out = x.shape[-1]
-        return self.dense(out, name="fc2")(gelu(self.dense(self.hidden, name="fc1")(x)))
 
 
 class ConvNeXtBlock(nn.Module):
@@ -72,7 +60,7 @@ class ConvNeXtBlock(nn.Module):
             x
         )
         y = self.norm(name="norm")(y)
-        y = Mlp(self.mlp_ratio * c, self.dense, name="mlp")(y)
+        y = Mlp(self.mlp_ratio * c, dense=self.dense, name="mlp")(y)
         gamma = shaped_param(
             self, "gamma", nn.initializers.constant(self.ls_init_value), (c,), self.param_dtype
         )
