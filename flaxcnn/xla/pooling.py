@@ -86,16 +86,25 @@ def _max_pool_jvp(k, s, d, pads, primals, tangents):
     rows, cols = (
         _in_bounds(x.shape[1 + a], pads[a][0], k[a], s[a], d[a], out_hw[a]) for a in (0, 1)
     )
-    # torch's argmax: the first maximum (`val > max`), or the last NaN (`|| isnan(val)`).
-    which = jnp.zeros(y.shape, jnp.int32)
-    found = jnp.zeros(y.shape, bool)
+    # torch's argmax as torch finds it: a running maximum that a tap replaces when it is
+    # larger (`val > max`) or NaN (`|| isnan(val)`), from each window's first input position.
+    # Not `tap == y`: under jit XLA may compute the pool's input (a BatchNorm and ReLU) again
+    # in each fusion that reads it, and in float64 the copies can differ in the last bit
+    # (measured: y and the taps 4e-16 apart); then no tap, or not the maximal one, equals y
+    # and the gradient went astray (Inception-V3's float64 training step was 1.08 of its
+    # largest gradient away from torch's). A comparison of taps with taps cannot miss.
+    first = np.zeros(out_hw, np.int32)
+    for t in reversed(range(len(taps))):
+        first = np.where(np.outer(rows[t // k[1]], cols[t % k[1]]), t, first)
+    which = jnp.broadcast_to(jnp.asarray(first[None, :, :, None], jnp.int32), y.shape)
+    best = jnp.full(y.shape, -jnp.inf, x.dtype)
     for t, tap in enumerate(taps):
-        hit = tap == y
+        take = (tap > best) | jnp.isnan(tap)
         inside = np.outer(rows[t // k[1]], cols[t % k[1]])
         if not inside.all():  # only windows at a padded edge can pick a padding position
-            hit = hit & inside[None, :, :, None]
-        which = jnp.where(jnp.isnan(tap) | (hit & ~found), t, which)
-        found = found | hit
+            take = take & inside[None, :, :, None]
+        which = jnp.where(take, t, which)
+        best = jnp.where(take, tap, best)
     which = materialize(which)
     dtaps, _ = window_taps(dx, k, s, d, pads)
     return y, lax.select_n(which, *dtaps)
