@@ -39,7 +39,7 @@ def run(capsys, *argv):
 
 def test_list(capsys):
     code, out, _ = run(capsys, "list", "resnet1*")
-    assert code == 0 and out.split() == ["resnet101", "resnet101d", "resnet152", "resnet18"]
+    assert code == 0 and out.split() == ["resnet18", "resnet101", "resnet101d", "resnet152"]
     code, out, _ = run(capsys, "list", "resnet50.*", "--pretrained")
     assert "resnet50.IMAGENET1K_V2" in out.split() and "resnet50.a1_in1k" in out.split()
 
@@ -399,7 +399,7 @@ def test_labels_file(tmp_path):
     [
         (
             ["--model", "resnet18", "--labels", "a cat,a dog"],
-            "--labels needs a CLIP model (clip_rn101, clip_rn50,",
+            "--labels needs a CLIP model (clip_rn50, clip_rn50x4,",
         ),
         (
             ["--model", "clip_vit_b32"],
