@@ -250,6 +250,7 @@ _WORDS = {
     "densenet": "DenseNet",
     "efficientnet": "EfficientNet",
     "fcn": "FCN_",
+    "googlenet": "GoogLeNet",
     "lenet": "LeNet",
     "mobilenet": "MobileNet",
     "resnet": "ResNet",

@@ -39,7 +39,13 @@ def run(capsys, *argv):
 
 def test_list(capsys):
     code, out, _ = run(capsys, "list", "resnet1*")
-    assert code == 0 and out.split() == ["resnet18", "resnet101", "resnet101d", "resnet152"]
+    assert code == 0 and out.split() == [
+        "resnet18",
+        "resnet101",
+        "resnet101d",
+        "resnet110",
+        "resnet152",
+    ]
     code, out, _ = run(capsys, "list", "resnet50.*", "--pretrained")
     assert "resnet50.IMAGENET1K_V2" in out.split() and "resnet50.a1_in1k" in out.split()
 

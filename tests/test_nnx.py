@@ -47,6 +47,7 @@ SMALLEST = {
     "mobilenet_v3": ("mobilenet_v3_small", {}),
     "nin": ("nin", {}),
     "resnet": ("resnet18", {"stage_sizes": (1, 1, 1, 1)}),
+    "resnet_cifar": ("resnet20", {"stage_sizes": (1, 1, 1)}),
     "resnetv2": ("resnetv2_50", {"layers": (1, 1, 1, 1)}),
     "senet": ("legacy_seresnext26_32x4d", {"layers": (1, 1, 1, 1)}),
     "unet": ("unet_padded", {"depth": 2, "base_width": 8}),

@@ -14,7 +14,7 @@ def test_list_models_patterns():
     resnets = flaxcnn.list_models("resnet*")
     assert {"resnet18", "resnet50", "resnet152"} <= set(resnets)
     # timm's natural order: digit runs compare as numbers
-    assert resnets[:4] == ["resnet18", "resnet34", "resnet50", "resnet50d"]
+    assert resnets[:6] == ["resnet18", "resnet20", "resnet32", "resnet34", "resnet44", "resnet50"]
     assert resnets.index("resnet101") > resnets.index("resnet50d")
     assert "resnext50_32x4d" in flaxcnn.list_models("resnext*")
     assert set(flaxcnn.list_models(source="timm")) <= set(flaxcnn.list_models())
@@ -248,6 +248,11 @@ PINNED_CONSTRUCTOR_NAMES = {
     "vit_base_patch16_224": "ViTBasePatch16_224",
     "vit_base_patch32_224": "ViTBasePatch32_224",
     "vit_large_patch16_224": "ViTLargePatch16_224",
+    "resnet20": "ResNet20",
+    "resnet110": "ResNet110",
+    "plain56": "Plain56",
+    "resnet50_v1": "ResNet50V1",
+    "googlenet_paper": "GoogLeNetPaper",
 }
 
 

@@ -17,6 +17,7 @@ from .features import (
 from .helpers import make_divisible
 from .interpolate import interpolate
 from .layernorm import LayerNorm
+from .lrn import local_response_norm
 from .norm import BatchNorm2d
 from .padding import Padding, conv_padding, pair, pool_output_size
 from .pooling import (
@@ -61,6 +62,7 @@ __all__ = [
     "hard_swish",
     "interpolate",
     "kaiming_normal_fan_out",
+    "local_response_norm",
     "make_divisible",
     "max_pool2d",
     "pair",

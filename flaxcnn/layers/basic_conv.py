@@ -21,12 +21,15 @@ class BasicConv2d(nn.Module):
 
     A bias-free conv (``conv``), a BatchNorm (``bn``) and a ReLU. ``bn_eps`` defaults to
     1e-3: both torchvision Inception models use it (ported from TensorFlow), not torch's 1e-5.
+    ``batch_norm=False`` gives the networks that predate BatchNorm (GoogLeNet as published):
+    a conv with a bias, then the ReLU.
     """
 
     features: int
     kernel_size: int | Sequence[int] = 1
     stride: int | Sequence[int] = 1
     padding: Padding = 0
+    batch_norm: bool = True
     bn_eps: float = 1e-3
     bn_momentum: float = 0.1
     dtype: Any = None
@@ -39,11 +42,13 @@ class BasicConv2d(nn.Module):
             self.kernel_size,
             self.stride,
             padding=self.padding,
-            use_bias=False,
+            use_bias=not self.batch_norm,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name="conv",
         )(x)
+        if not self.batch_norm:
+            return nn.relu(x)
         x = BatchNorm2d(
             eps=self.bn_eps,
             momentum=self.bn_momentum,

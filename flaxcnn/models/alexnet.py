@@ -2,9 +2,10 @@
 
 * AlexNet: Krizhevsky, Sutskever & Hinton, "ImageNet Classification with Deep
   Convolutional Neural Networks", NeurIPS 2012. ``alexnet`` is torchvision's version
-  (64-192-384-256-256 channels, the "one weird trick" widths); ``alexnet_paper`` has the
-  paper's 96-256-384-384-256 on a 227x227 input (62.4M parameters), without the paper's
-  two-GPU grouping and local response normalisation (as torchvision and d2l leave them out).
+  (64-192-384-256-256 channels, the "one weird trick" widths, no normalisation);
+  ``alexnet_paper`` has the paper's 96-256-384-384-256 on a 227x227 input (62.4M
+  parameters) and its local response normalisation after the first two convs (section
+  3.3), without the two-GPU grouping (one GPU holds it today, as in d2l).
 * ZFNet: Zeiler & Fergus, "Visualizing and Understanding Convolutional Networks", ECCV
   2014: a 7x7/2 first conv and a 5x5/2 second conv (Fig. 3). Its pools use ``ceil_mode``
   so the maps are the paper's 110 -> 55, 26 -> 13 and 13 -> 6.
@@ -31,6 +32,7 @@ from ..layers import (
     FeatureMixin,
     adaptive_avg_pool2d,
     check_image_input,
+    local_response_norm,
     max_pool2d,
     stage_info,
 )
@@ -62,6 +64,10 @@ ZFNET: tuple[ConvRow, ...] = (
     (256, 3, 1, 1, True),
 )
 
+# Krizhevsky et al. section 3.3: k=2, n=5, alpha=1e-4 (on the plain sum; torch's alpha is
+# divided by n), beta=0.75.
+PAPER_LRN = dict(size=5, alpha=5 * 1e-4, beta=0.75, k=2.0)
+
 
 class AlexNet(FeatureMixin, nn.Module):
     """AlexNet-style network: conv rows, adaptive 6x6 average pool, FC-FC-FC with dropout.
@@ -77,10 +83,15 @@ class AlexNet(FeatureMixin, nn.Module):
             ``alexnet``, at strides 4, 8, 16) and the last pool's output (stride 32),
             selected by ``out_indices`` (``None``: all); no classifier.
         drop_rate: dropout before each hidden FC layer (0.5 in the paper).
+        lrn: local response normalisation after the ReLU of the first two convs, before
+            their pools, with the paper's constants (k=2, n=5, alpha=1e-4, beta=0.75: alpha
+            as the paper writes it, without torch's division by n; see
+            :func:`~flaxcnn.layers.local_response_norm`).
     """
 
     convs: Sequence[ConvRow] = ALEXNET_TV
     ceil_mode: bool = False
+    lrn: bool = False
     hidden: int = 4096
     num_classes: int = 1000
     in_chans: int = 3
@@ -106,8 +117,10 @@ class AlexNet(FeatureMixin, nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         idx = 0  # index in torchvision's `features` Sequential: conv, ReLU[, MaxPool]
         feats = []
-        for out_ch, k, s, p, pool in self.convs:
+        for i, (out_ch, k, s, p, pool) in enumerate(self.convs):
             x = nn.relu(Conv2d(out_ch, k, s, padding=p, name=f"features_{idx}", **kw)(x))
+            if self.lrn and i < 2:
+                x = local_response_norm(x, **PAPER_LRN)
             idx += 2
             if pool:
                 feats.append(x)
@@ -143,7 +156,7 @@ AlexNetTV = _register(
 )
 AlexNetPaper = _register(
     "alexnet_paper",
-    {"convs": ALEXNET_PAPER},
+    {"convs": ALEXNET_PAPER, "lrn": True},
     input_size=(227, 227, 3),
     paper=_ALEXNET_PAPER,
     min_size=67,

@@ -166,15 +166,25 @@ def _family(family: str, **metadata: Any) -> Any:
 _mobilenet_v1 = _family("mobilenet_v1", sources=("timm",))
 _MNV1 = dict(arch=MOBILENET_V1, num_features=0, act="relu6")
 MobileNetV1_100 = _mobilenet_v1("mobilenetv1_100", _MNV1)
-MobileNetV1_125 = _mobilenet_v1(
-    "mobilenetv1_125", dict(arch=MOBILENET_V1, width_multiplier=1.25, num_features=0, act="relu6")
+MobileNetV1_125 = _mobilenet_v1("mobilenetv1_125", _MNV1 | dict(width_multiplier=1.25))
+# Howard et al.'s width multiplier alpha (section 3.3; Table 6: 1.0, 0.75, 0.5, 0.25). timm
+# registers none of these, but builds them from the same generator: the tests prove each
+# against timm's ``_gen_mobilenet_v1`` at that multiplier.
+MobileNetV1_075, MobileNetV1_050, MobileNetV1_025 = (
+    _mobilenet_v1(f"mobilenetv1_{round(100 * a):03d}", _MNV1 | dict(width_multiplier=a), sources=())
+    for a in (0.75, 0.5, 0.25)
 )
 
-# MobileNet v2: torchvision and timm build the same network.
-MobileNetV2_100 = _family("mobilenet_v2")(
-    "mobilenetv2_100",
-    dict(arch=MOBILENET_V2, head_scaling="at_least", act="relu6", drop_rate=0.2),
-    sources={"timm": "mobilenetv2_100", "torchvision": "mobilenet_v2"},
+# MobileNet v2: torchvision and timm build the same network; torchvision's other widths are
+# ``mobilenet_v2(width_mult=...)``, which timm registers as mobilenetv2_035 ... _140.
+_mobilenet_v2 = _family("mobilenet_v2", sources=("timm",))
+_MNV2 = dict(arch=MOBILENET_V2, head_scaling="at_least", act="relu6", drop_rate=0.2)
+MobileNetV2_100 = _mobilenet_v2(
+    "mobilenetv2_100", _MNV2, sources={"timm": "mobilenetv2_100", "torchvision": "mobilenet_v2"}
+)
+MobileNetV2_035, MobileNetV2_050, MobileNetV2_075, MobileNetV2_140 = (
+    _mobilenet_v2(f"mobilenetv2_{round(100 * a):03d}", _MNV2 | dict(width_multiplier=a))
+    for a in (0.35, 0.5, 0.75, 1.4)
 )
 
 # MobileNet v3: the same networks in both libraries, with different BN settings.

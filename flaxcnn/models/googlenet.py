@@ -1,13 +1,19 @@
 """GoogLeNet (Inception v1): Szegedy et al., "Going Deeper with Convolutions", CVPR 2015
-(arXiv:1409.4842), in torchvision's form.
+(arXiv:1409.4842), in torchvision's form and as published.
 
-torchvision's version, kept here for weight compatibility: every conv is a
+``googlenet`` is torchvision's version, kept for weight compatibility: every conv is a
 :class:`~flaxcnn.layers.BasicConv2d` (conv, BN with eps 1e-3, ReLU); the "5x5" branch
 of each Inception module uses a 3x3 conv (torchvision's choice, which its weights
 carry); max pools use ``ceil_mode=True``. Two auxiliary classifiers (``aux1`` after
 inception4a, ``aux2`` after inception4d) run only in train mode, where the model
 returns ``(logits, aux2_logits, aux1_logits)`` -- torchvision's ``GoogLeNetOutputs``
 order; in eval mode it returns the logits alone.
+
+``googlenet_paper`` is the network of the paper's Table 1 and Figure 3, which predates
+BatchNorm: convs with biases and ReLU, local response normalisation after the stem's first
+pool and after ``conv3`` (size 5, alpha 1e-4 in torch's convention, beta 0.75, k 1: the
+constants of the BVLC Caffe model the paper's authors released), 5x5 convs in the 5x5
+branches, dropout 0.4, and auxiliary heads that average-pool 5x5 with stride 3.
 """
 
 from __future__ import annotations
@@ -26,7 +32,9 @@ from ..layers import (
     Dropout,
     FeatureMixin,
     adaptive_avg_pool2d,
+    avg_pool2d,
     check_image_input,
+    local_response_norm,
     max_pool2d,
     stage_info,
 )
@@ -52,6 +60,7 @@ class Inception(nn.Module):
     ch5x5: int
     pool_proj: int
     conv: Any = BasicConv2d
+    branch3_kernel: int = 3
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -59,26 +68,32 @@ class Inception(nn.Module):
         b2 = self.conv(self.ch3x3red, 1, name="branch2_0")(x, train=train)
         b2 = self.conv(self.ch3x3, 3, padding=1, name="branch2_1")(b2, train=train)
         b3 = self.conv(self.ch5x5red, 1, name="branch3_0")(x, train=train)
-        # 3x3, not the paper's 5x5: torchvision's architecture (and weights).
-        b3 = self.conv(self.ch5x5, 3, padding=1, name="branch3_1")(b3, train=train)
+        # 3x3 by default, not the paper's 5x5: torchvision's architecture (and weights).
+        k = self.branch3_kernel
+        b3 = self.conv(self.ch5x5, k, padding=k // 2, name="branch3_1")(b3, train=train)
         b4 = max_pool2d(x, 3, 1, padding=1, ceil_mode=True)
         b4 = self.conv(self.pool_proj, 1, name="branch4_1")(b4, train=train)
         return jnp.concatenate([b1, b2, b3, b4], axis=-1)
 
 
 class InceptionAux(nn.Module):
-    """Auxiliary classifier: adaptive 4x4 average pool, 1x1 conv to 128, FC 1024, dropout, FC."""
+    """Auxiliary classifier: 4x4 average pool, 1x1 conv to 128, FC 1024, dropout, FC.
+
+    The pool is torchvision's adaptive one, or with ``paper_pool`` the paper's 5x5 stride 3
+    (the same at 224 px, where the map is 14x14; other sizes differ).
+    """
 
     num_classes: int
     drop_rate: float = 0.7
     conv: Any = BasicConv2d
+    paper_pool: bool = False
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = adaptive_avg_pool2d(x, 4)
+        x = avg_pool2d(x, 5, 3) if self.paper_pool else adaptive_avg_pool2d(x, 4)
         x = self.conv(128, 1, name="conv")(x, train=train)
         # NHWC flatten; the converter permutes torch's (NCHW-flattened) fc1.
         x = x.reshape(x.shape[0], -1)
@@ -86,6 +101,9 @@ class InceptionAux(nn.Module):
         x = Dropout(self.drop_rate, name="dropout")(x, train=train)
         return nn.Dense(self.num_classes, name="fc2", **kw)(x)
 
+
+# The BVLC GoogLeNet's LRN (Caffe divides alpha by the size, as torch does).
+CAFFE_LRN = dict(size=5, alpha=1e-4, beta=0.75, k=1.0)
 
 # inception3a ... inception5b: (ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj), Table 1.
 INCEPTIONS: dict[str, tuple[int, int, int, int, int, int]] = {
@@ -115,7 +133,16 @@ class GoogLeNet(FeatureMixin, nn.Module):
         aux_logits: build the two auxiliary classifiers (returned in train mode).
         transform_input: apply :func:`transform_input` first, as torchvision does for its
             pretrained weights (``googlenet(weights=...)`` turns it on).
-        drop_rate: dropout before ``fc`` (0.2); ``aux_drop_rate`` in the aux heads (0.7).
+        drop_rate: dropout before ``fc`` (0.2; the paper's 0.4); ``aux_drop_rate`` in the
+            aux heads (0.7).
+        batch_norm: BatchNorm after every conv (torchvision); ``False``: biased convs, as
+            published.
+        lrn: the paper's two local response normalisations (after the first max pool and
+            after ``conv3``).
+        branch3_kernel: the kernel of each Inception module's "5x5" branch: 3 (torchvision)
+            or 5 (the paper).
+        aux_paper_pool: the aux heads' 5x5/3 average pool of the paper instead of
+            torchvision's adaptive 4x4.
         bn_eps: 1e-3, as torchvision.
     """
 
@@ -128,6 +155,10 @@ class GoogLeNet(FeatureMixin, nn.Module):
     transform_input: bool = False
     drop_rate: float = 0.2
     aux_drop_rate: float = 0.7
+    batch_norm: bool = True
+    lrn: bool = False
+    branch3_kernel: int = 3
+    aux_paper_pool: bool = False
     bn_eps: float = 1e-3
     bn_momentum: float = 0.1
     dtype: Any = None
@@ -144,20 +175,32 @@ class GoogLeNet(FeatureMixin, nn.Module):
     ) -> jax.Array | list[jax.Array] | tuple[jax.Array, jax.Array, jax.Array]:
         check_image_input(x, self.in_chans, type(self).__name__)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        conv = partial(BasicConv2d, bn_eps=self.bn_eps, bn_momentum=self.bn_momentum, **kw)
+        conv = partial(
+            BasicConv2d,
+            batch_norm=self.batch_norm,
+            bn_eps=self.bn_eps,
+            bn_momentum=self.bn_momentum,
+            **kw,
+        )
         aux = self.aux_logits and self.num_classes > 0 and not self.features_only
         if self.transform_input:
             x = transform_input(x)
         x = conv(64, 7, 2, padding=3, name="conv1")(x, train=train)
         feats = [x]
         x = max_pool2d(x, 3, 2, ceil_mode=True)
+        if self.lrn:
+            x = local_response_norm(x, **CAFFE_LRN)
         x = conv(64, 1, name="conv2")(x, train=train)
         x = conv(192, 3, padding=1, name="conv3")(x, train=train)
+        if self.lrn:
+            x = local_response_norm(x, **CAFFE_LRN)
         feats.append(x)
         x = max_pool2d(x, 3, 2, ceil_mode=True)
         aux_out = {}
         for name, cfg in INCEPTIONS.items():
-            x = Inception(*cfg, conv=conv, name=name)(x, train=train)
+            x = Inception(*cfg, conv=conv, branch3_kernel=self.branch3_kernel, name=name)(
+                x, train=train
+            )
             if name in ("inception3b", "inception4e"):
                 feats.append(x)
             if name == "inception3b":
@@ -166,7 +209,14 @@ class GoogLeNet(FeatureMixin, nn.Module):
                 x = max_pool2d(x, 2, 2, ceil_mode=True)
             elif aux and name in ("inception4a", "inception4d"):
                 head = "aux1" if name == "inception4a" else "aux2"
-                mod = InceptionAux(self.num_classes, self.aux_drop_rate, conv=conv, name=head, **kw)
+                mod = InceptionAux(
+                    self.num_classes,
+                    self.aux_drop_rate,
+                    conv=conv,
+                    paper_pool=self.aux_paper_pool,
+                    name=head,
+                    **kw,
+                )
                 # Built at init so the parameters exist; computed only in train mode.
                 if train or self.is_initializing():
                     aux_out[head] = mod(x, train=train)
@@ -191,4 +241,20 @@ InceptionV1 = register_model(
     first_conv="conv1.conv",
     min_size=32,
     paper="Szegedy et al., Going Deeper with Convolutions, CVPR 2015",
+)
+GoogLeNetPaper = register_model(
+    "googlenet_paper",
+    GoogLeNet,
+    {
+        "batch_norm": False,
+        "lrn": True,
+        "branch3_kernel": 5,
+        "aux_paper_pool": True,
+        "drop_rate": 0.4,
+    },
+    family="googlenet",
+    classifier="fc",
+    first_conv="conv1.conv",
+    min_size=79,  # the aux heads' 5x5 pool needs a 5x5 map after inception4a (stride 16)
+    paper="Szegedy et al., Going Deeper with Convolutions, CVPR 2015 (Table 1, as published)",
 )

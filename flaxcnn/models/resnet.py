@@ -73,6 +73,8 @@ class _Block(nn.Module):
     avg_down: bool = False
     attn: ModuleDef | None = None
     act: Callable[[jax.Array], jax.Array] = relu
+    shortcut: str | None = "B"
+    stride_in_1x1: bool = False
 
     expansion: ClassVar[int] = 1
 
@@ -105,7 +107,9 @@ class BasicBlock(_Block):
 class Bottleneck(_Block):
     """1x1 reduce, 3x3 (strided, grouped, dilated), 1x1 expand x4 (ResNet-50 and deeper).
 
-    The stride is on the 3x3 conv (torchvision's ResNet v1.5), and its width is
+    The stride is on the 3x3 conv (torchvision's ResNet v1.5), or with ``stride_in_1x1`` on
+    the first 1x1 as He et al. published it (v1, Caffe's ResNet-50: a strided 1x1 reads a
+    quarter of its input's positions, which is what v1.5 fixes). The 3x3's width is
     ``int(planes * base_width / 64) * groups``, which gives ResNeXt and Wide ResNet.
     """
 
@@ -114,12 +118,13 @@ class Bottleneck(_Block):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         width = int(self.planes * (self.base_width / 64.0)) * self.groups
-        out = self.conv(width, 1, name="conv1")(x)
+        stride_1x1, stride_3x3 = (self.stride, 1) if self.stride_in_1x1 else (1, self.stride)
+        out = self.conv(width, 1, stride_1x1, name="conv1")(x)
         out = self.act(self.norm(name="bn1")(out, train=train))
         out = self.conv(
             width,
             3,
-            self.stride,
+            stride_3x3,
             padding=self.first_dilation,
             dilation=self.first_dilation,
             groups=self.groups,
@@ -132,21 +137,34 @@ class Bottleneck(_Block):
 
 
 def _residual(block: _Block, out: jax.Array, x: jax.Array, train: bool) -> jax.Array:
-    """A block's tail: [SE], drop path, add the shortcut, activation."""
+    """A block's tail: [SE], drop path, add the shortcut (none in a plain network),
+    activation."""
     out = _attn(block, out)
     out = DropPath(block.drop_path, name="drop_path")(out, train=train)
+    if block.shortcut is None:
+        return block.act(out)
     return block.act(out + _shortcut(block, x, block.planes * block.expansion, train))
 
 
 def _shortcut(block: _Block, x: jax.Array, out_ch: int, train: bool) -> jax.Array:
-    """Identity, or the ``downsample`` projection.
+    """Identity, or where the shape changes (``downsample``) option A or B of He et al.
+    section 3.3.
 
-    torchvision's is Sequential(conv1x1 (strided), BN). ResNet-D's (``avg_down``, Bag of
-    Tricks section 4.1) is Sequential(AvgPool 2x2/2 (ceil_mode, count_include_pad=False),
-    conv1x1, BN), so its conv and BN are timm's ``downsample.1`` and ``downsample.2``.
+    Option A (the paper's CIFAR networks) has no parameters: the input subsampled by the
+    stride and its channels zero-padded, half the new ones before and half after (as the
+    widely used CIFAR re-implementations pad, so their weights load).
+
+    Option B, torchvision's, projects: Sequential(conv1x1 (strided), BN). ResNet-D's
+    (``avg_down``, Bag of Tricks section 4.1) is Sequential(AvgPool 2x2/2 (ceil_mode,
+    count_include_pad=False), conv1x1, BN), so its conv and BN are timm's ``downsample.1``
+    and ``downsample.2``.
     """
     if not block.downsample:
         return x
+    if block.shortcut == "A":
+        x = x[:, :: block.stride, :: block.stride, :]
+        extra = out_ch - x.shape[-1]
+        return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
     if not block.avg_down:
         sc = block.conv(out_ch, 1, block.stride, name="downsample_0")(x)
         return block.norm(name="downsample_1")(sc, train=train)
@@ -189,6 +207,9 @@ class ResNet(FeatureMixin, nn.Module):
 
     Attributes:
         stage_sizes: blocks per stage (``(3, 4, 6, 3)`` for ResNet-50).
+        channels: each stage's block width (``planes``), the first ``len(stage_sizes)``
+            used: ``(64, 128, 256, 512)``; He et al.'s CIFAR networks use ``(16, 32, 64)``
+            (section 4.2).
         block: ``'basic'`` or ``'bottleneck'``.
         num_classes: classifier outputs; ``0`` returns the pooled features instead (below).
         in_chans: input channels.
@@ -197,7 +218,13 @@ class ResNet(FeatureMixin, nn.Module):
             ``'deep'`` ResNet-C/D's three 3x3 convs (stride 2, widths ``stem_width``,
             ``stem_width``, ``2 * stem_width``; timm's ``conv1.0/.3/.6``) + the max pool.
         stem_width: inner width of the deep stem (timm's meaning; the 7x7 and cifar stems
-            are always 64 wide).
+            are this wide: 64 for ImageNet, 16 for the CIFAR networks).
+        shortcut: where a block changes shape, He et al.'s option ``'B'`` (a 1x1 projection,
+            torchvision's) or ``'A'`` (stride subsampling and zero-padded channels: no
+            parameters, the paper's CIFAR choice); ``None`` builds the *plain* network,
+            no shortcuts at all (the paper's baseline that shows the degradation problem).
+        stride_in_1x1: the bottleneck's stride on its first 1x1 conv (ResNet v1 as
+            published) instead of the 3x3 (torchvision's v1.5).
         avg_down: ResNet-D shortcut: 2x2 average pool, then a stride-1 1x1 conv.
         attn_layer: ``'se'`` adds Squeeze-and-Excitation after each block's last BN
             (SE-ResNet/SE-ResNeXt, Hu et al., CVPR 2018), reduction 16 as timm rounds it.
@@ -224,11 +251,14 @@ class ResNet(FeatureMixin, nn.Module):
     """
 
     stage_sizes: Sequence[int]
+    channels: Sequence[int] = (64, 128, 256, 512)
     block: str = "bottleneck"
     num_classes: int = 1000
     in_chans: int = 3
     stem_type: str = ""
     stem_width: int = 64
+    shortcut: str | None = "B"
+    stride_in_1x1: bool = False
     avg_down: bool = False
     attn_layer: str = ""
     groups: int = 1
@@ -258,7 +288,7 @@ class ResNet(FeatureMixin, nn.Module):
                 dilation *= stride
                 stride = 1
             reduction *= stride
-            plan.append(_Stage(64 * 2**i, stride, dilation, first_dilation, reduction))
+            plan.append(_Stage(self.channels[i], stride, dilation, first_dilation, reduction))
         return plan
 
     def _stage_info(self) -> list[dict[str, Any]]:
@@ -272,7 +302,7 @@ class ResNet(FeatureMixin, nn.Module):
 
     @property
     def _stem_chs(self) -> int:
-        return 2 * self.stem_width if self.stem_type == "deep" else 64
+        return 2 * self.stem_width if self.stem_type == "deep" else self.stem_width
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array | list[jax.Array]:
@@ -283,6 +313,16 @@ class ResNet(FeatureMixin, nn.Module):
                 "replace_stride_with_dilation should be None or a 3-element tuple, "
                 f"got {self.replace_stride_with_dilation!r}"
             )
+        if len(self.channels) < len(self.stage_sizes):
+            raise ValueError(
+                f"channels gives {len(self.channels)} stage widths for "
+                f"{len(self.stage_sizes)} stages: {tuple(self.channels)} vs "
+                f"stage_sizes={tuple(self.stage_sizes)}"
+            )
+        if self.shortcut not in ("A", "B", None):
+            raise ValueError(f"shortcut must be 'A', 'B' or None, got {self.shortcut!r}")
+        if self.shortcut == "A" and self.avg_down:
+            raise ValueError("avg_down is a projection shortcut: it needs shortcut='B'")
         check_image_input(x, self.in_chans, type(self).__name__)
         block_cls = BLOCKS[self.block]
         conv = partial(Conv2d, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
@@ -314,7 +354,11 @@ class ResNet(FeatureMixin, nn.Module):
             x = conv(2 * w, 3, padding=1, name="conv1_6")(x)
         else:
             x = conv(
-                64, 3 if cifar else 7, 1 if cifar else 2, padding=1 if cifar else 3, name="conv1"
+                self.stem_width,
+                3 if cifar else 7,
+                1 if cifar else 2,
+                padding=1 if cifar else 3,
+                name="conv1",
             )(x)
         x = act(norm(name="bn1")(x, train=train))
         feats = [x]
@@ -334,6 +378,8 @@ class ResNet(FeatureMixin, nn.Module):
                     norm=norm,
                     stride=stride if j == 0 else 1,
                     downsample=j == 0 and (stride != 1 or in_ch != planes * block_cls.expansion),
+                    shortcut=self.shortcut,
+                    stride_in_1x1=self.stride_in_1x1,
                     groups=self.groups,
                     base_width=self.width_per_group,
                     dilation=stage.dilation,
@@ -420,4 +466,44 @@ SEResNet101 = _register_se("seresnet101", {"stage_sizes": _R101, **_SE})
 SEResNet152 = _register_se("seresnet152", {"stage_sizes": _R152, **_SE})
 SEResNeXt50_32x4d = _register_se(
     "seresnext50_32x4d", {"stage_sizes": _R50, "groups": 32, "width_per_group": 4, **_SE}
+)
+
+# He et al. section 4.2: the CIFAR-10 networks. 6n+2 layers: a 3x3 conv of 16 channels, three
+# stages of n basic blocks (16, 32, 64 channels; 32, 16, 8 px), global average pool, a
+# 10-way fc. Option A shortcuts, so their parameter counts are the paper's Table 6. The
+# plain networks are the same layers without any shortcut: the paper's Figure 6 (left),
+# where the deeper plain net has the higher *training* error.
+_CIFAR_PAPER = _TV_PAPER["resnet"] + ", section 4.2 (CIFAR-10)"
+_CIFAR = dict(
+    block="basic",
+    channels=(16, 32, 64),
+    stem_type="cifar",
+    stem_width=16,
+    num_classes=10,
+)
+_register_cifar = variants(
+    ResNet,
+    family="resnet_cifar",
+    input_size=(32, 32, 3),
+    classifier="fc",
+    first_conv="conv1",
+    paper=_CIFAR_PAPER,
+)
+ResNet20, ResNet32, ResNet44, ResNet56, ResNet110 = (
+    _register_cifar(f"resnet{6 * n + 2}", {"stage_sizes": (n, n, n), **_CIFAR, "shortcut": "A"})
+    for n in (3, 5, 7, 9, 18)
+)
+Plain20, Plain32, Plain44, Plain56 = (
+    _register_cifar(f"plain{6 * n + 2}", {"stage_sizes": (n, n, n), **_CIFAR, "shortcut": None})
+    for n in (3, 5, 7, 9)
+)
+
+# ResNet v1 as published: the bottleneck's stride on its first 1x1 (torchvision's v1.5 moves
+# it to the 3x3). No library ships it; its layers are torchvision's, so a torchvision
+# ResNet-50 with the strides moved converts into it (tests/models/test_resnet.py).
+ResNet50V1 = _register(
+    "resnet50_v1",
+    {"stage_sizes": _R50, "stride_in_1x1": True},
+    sources=(),
+    paper=_TV_PAPER["resnet"] + " (v1: stride in the first 1x1)",
 )

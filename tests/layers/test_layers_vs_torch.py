@@ -654,3 +654,45 @@ def test_max_pool_gradient_in_float64_between_convs(kernel_mode):
                 atol=1e-12 * np.abs(ref[key]).max(),
                 err_msg=f"{name}.{key}",
             )
+
+
+@pytest.mark.parametrize(
+    ("size", "alpha", "beta", "k", "channels"),
+    [
+        (5, 1e-4, 0.75, 2.0, 7),  # AlexNet's (torch's alpha convention), odd channel count
+        (5, 5e-4, 0.75, 2.0, 96),  # AlexNet as the paper writes alpha
+        (4, 1e-2, 0.5, 1.0, 9),  # even size: torch's window is lopsided (2 before, 1 after)
+        (1, 0.3, 1.3, 0.5, 3),
+        (11, 2e-2, 0.9, 1.0, 5),  # window wider than the channels
+    ],
+)
+def test_local_response_norm(size, alpha, beta, k, channels):
+    """torch.nn.LocalResponseNorm, forward and input gradient, in float64 (exact
+    semantics, not float32 luck) and float32 (the bound the suite uses)."""
+    rng = np.random.default_rng(size)
+    x = rng.standard_normal((2, channels, 5, 7)) * 3  # large enough that the sum matters
+    t_lrn = torch.nn.LocalResponseNorm(size, alpha, beta, k)
+    w = rng.standard_normal(x.shape)
+    xt = torch.tensor(x, requires_grad=True)
+    ref = t_lrn(xt)
+    (ref * torch.tensor(w)).sum().backward()
+
+    def f(a):
+        return layers.local_response_norm(a, size, alpha, beta, k)
+
+    with jax.enable_x64(True):
+        x_nhwc = jnp.asarray(x.transpose(0, 2, 3, 1))
+        out, vjp = jax.vjp(f, x_nhwc)
+        (grad,) = vjp(jnp.asarray(w.transpose(0, 2, 3, 1)))
+        np.testing.assert_allclose(out, nhwc(ref), rtol=1e-12, atol=0)
+        np.testing.assert_allclose(grad, nhwc(xt.grad), rtol=1e-10, atol=1e-13)
+    out32 = f(jnp.asarray(x.transpose(0, 2, 3, 1), jnp.float32))
+    ref32 = t_lrn(torch.tensor(x, dtype=torch.float32))
+    assert out32.dtype == jnp.float32
+    assert np.abs(np.asarray(out32) - nhwc(ref32)).max() <= 1e-5 * float(np.abs(nhwc(ref32)).max())
+    assert f(jnp.asarray(x.transpose(0, 2, 3, 1), jnp.bfloat16)).dtype == jnp.bfloat16
+    # differentiable under jit too (a traced init value would make a generic reduction)
+    g32 = jax.jit(jax.grad(lambda a: jnp.vdot(f(a), w.transpose(0, 2, 3, 1))))(
+        jnp.asarray(x.transpose(0, 2, 3, 1), jnp.float32)
+    )
+    close(g32, nhwc(xt.grad))

@@ -15,7 +15,8 @@ goes unchecked:
   an immutable ``batch_stats`` (flax raises if eval mode writes state), and the export of
   perturbed parameters back to torch (so every parameter reaches the output);
 * the first model registered per family (resnet18, vgg11, efficientnet_b0, ...), where
-  variants are data on the same code, and every model without a torch source, run the rest
+  variants are data on the same code, and every model without a torch source (but one per
+  depth series: resnet20 for resnet32 ... resnet110), run the rest
   concretely in one compilation: the initialisers, eval/train outputs finite, eval leaves
   state alone, train updates every statistic, a finite gradient reaching every parameter,
   finite bf16 outputs.
@@ -35,9 +36,28 @@ from flaxcnn._registry import _REGISTRY
 MODELS = [n for n in flaxcnn.list_models() if flaxcnn.get_model_spec(n).task != "clip"]
 CLIPS = flaxcnn.list_models(family="clip")
 AUTO_NAME = re.compile(r"[A-Z]\w*_\d+")  # flax's default: class name, index
-FULL = {*{s.family: n for n, s in reversed(_REGISTRY.items()) if n in MODELS}.values()} | {
-    n for n, s in _REGISTRY.items() if not s.sources
-}
+
+
+def _full() -> set[str]:
+    """The first model of each family, and every model without a torch source unless an
+    earlier one differs from it only in depth (``stage_sizes``: resnet32 ... resnet110 run
+    resnet20's code, which is run concretely)."""
+    first = {s.family: n for n, s in reversed(_REGISTRY.items()) if n in MODELS}
+    full, seen = set(first.values()), set()
+    for name, spec in _REGISTRY.items():
+        if name not in MODELS or spec.sources:
+            continue
+        key = (
+            spec.family,
+            repr(sorted((k, v) for k, v in spec.config.items() if k != "stage_sizes")),
+        )
+        if key not in seen:
+            seen.add(key)
+            full.add(name)
+    return full
+
+
+FULL = _full()
 
 
 def _main(out):

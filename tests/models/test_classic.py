@@ -79,6 +79,7 @@ def test_lenet_accepts_rgb_and_checks_layout():
         ("nin", 67, 16, 1e-4, 10),
         ("zfnet", 63, 8, 3e-4, 10),
         ("alexnet_paper", 67, 8, 3e-4, 10),
+        ("googlenet_paper", 79, 8, 3e-4, 10),
     ],
 )
 def test_loss_falls_on_a_tiny_batch(name, size, steps, lr, classes):
@@ -92,6 +93,11 @@ def test_loss_falls_on_a_tiny_batch(name, size, steps, lr, classes):
 
     def loss_fn(p, rng):
         logits = model.apply({"params": p}, x, train=True, rngs={"dropout": rng})
+        if isinstance(logits, tuple):  # GoogLeNet's aux heads, weighted 0.3 (section 5)
+            return sum(
+                w * optax.softmax_cross_entropy_with_integer_labels(z, y).mean()
+                for w, z in zip((1.0, 0.3, 0.3), logits, strict=True)
+            )
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
     @jax.jit
@@ -111,6 +117,83 @@ def test_loss_falls_on_a_tiny_batch(name, size, steps, lr, classes):
         params, opt, _ = step(params, opt, jax.random.key(i))
     after = float(eval_loss(params))
     assert np.isfinite(after) and after < before - 0.1, (before, after)
+
+
+def test_alexnet_paper_is_the_papers_network_in_torch_layers():
+    """``alexnet_paper`` against the same network built from torch layers: torchvision's
+    AlexNet with the paper's widths and ``nn.LocalResponseNorm(5, 5e-4, 0.75, 2)`` after the
+    first two ReLUs (the paper's alpha 1e-4 on the plain sum; section 3.3), converted with
+    torchvision's rules after the LRN indices are renumbered away. Eval mode (no state, no
+    train-mode difference but dropout) at the paper's 227 and an odd non-square size."""
+    import torch
+    import torchvision
+    from torch import nn
+
+    from flaxcnn.convert import load_torch_weights
+
+    torch.manual_seed(0)
+    tmodel = torchvision.models.alexnet().eval()
+    widths, layers, renumber, c_in = [], [], {}, 3
+    for out_ch, k, s, p, pool in flaxcnn.models.alexnet.ALEXNET_PAPER:
+        renumber[len(layers)] = 2 * len(widths) + sum(w[1] for w in widths)
+        layers += [nn.Conv2d(c_in, out_ch, k, s, p), nn.ReLU()]
+        if len(widths) < 2:
+            layers.append(nn.LocalResponseNorm(5, 5e-4, 0.75, 2.0))
+        if pool:
+            layers.append(nn.MaxPool2d(3, 2))
+        widths.append((out_ch, pool))
+        c_in = out_ch
+    tmodel.features = nn.Sequential(*layers)
+    sd = {}
+    for key, value in tmodel.state_dict().items():
+        if key.startswith("features."):
+            _, i, leaf = key.split(".")
+            key = f"features.{renumber[int(i)]}.{leaf}"
+        sd[key] = value
+    model = flaxcnn.create_model("alexnet_paper")
+    variables = load_torch_weights(model, sd, source="torchvision")
+    for hw in ((227, 227), (231, 245)):
+        x = np.random.default_rng(0).standard_normal((2, 3, *hw), dtype=np.float32) * 40
+        with torch.no_grad():
+            ref = tmodel(torch.from_numpy(x)).numpy()
+        out = np.asarray(model.apply(variables, jnp.asarray(x.transpose(0, 2, 3, 1))))
+        assert float(np.abs(out - ref).max()) <= 1e-4 * max(1.0, float(np.abs(ref).max())), hw
+        # the LRN acts: without it the outputs differ
+        plain = flaxcnn.create_model("alexnet_paper", lrn=False)
+        out_plain = np.asarray(plain.apply(variables, jnp.asarray(x.transpose(0, 2, 3, 1))))
+        assert float(np.abs(out_plain - ref).max()) > 1e-2 * float(np.abs(ref).max())
+
+
+def test_googlenet_paper_is_table_1():
+    """``googlenet_paper``'s parameters are those of the paper's Table 1 widths with biased
+    convs (no BatchNorm), 5x5 convs in the 5x5 branches, and section 5's aux heads (1x1
+    conv to 128, FC 1024, FC 1000), counted here from the table."""
+    from flaxcnn.models.googlenet import INCEPTIONS
+
+    def conv(k, c_in, c_out):
+        return k * k * c_in * c_out + c_out
+
+    expected = conv(7, 3, 64) + conv(1, 64, 64) + conv(3, 64, 192)
+    c_in = 192
+    for a, b_r, b, c_r, c, p in INCEPTIONS.values():
+        expected += conv(1, c_in, a) + conv(1, c_in, b_r) + conv(3, b_r, b)
+        expected += conv(1, c_in, c_r) + conv(5, c_r, c) + conv(1, c_in, p)
+        c_in = a + b + c + p
+    expected += 1024 * 1000 + 1000
+    aux = sum(conv(1, c, 128) + 2048 * 1024 + 1024 + 1024 * 1000 + 1000 for c in (512, 528))
+    assert _n_params("googlenet_paper") == expected + aux
+    assert _n_params("googlenet_paper", aux_logits=False) == expected
+    model = flaxcnn.create_model("googlenet_paper", num_classes=4)
+    x = jax.random.normal(jax.random.key(0), (2, 79, 85, 3))
+    v = jax.eval_shape(model.init, jax.random.key(0), x)
+    assert set(v) == {"params"}  # no BatchNorm, no state
+    assert v["params"]["inception3a"]["branch3_1"]["conv"]["kernel"].shape == (5, 5, 16, 32)
+    outs = jax.eval_shape(
+        lambda v, x: model.apply(v, x, train=True, rngs={"dropout": jax.random.key(0)}), v, x
+    )
+    assert [o.shape for o in outs] == [(2, 4)] * 3
+    with pytest.raises(ValueError):  # below min_size the aux heads' 5x5 pool has no window
+        jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 48, 48, 3)))
 
 
 def _apply_fns(model):

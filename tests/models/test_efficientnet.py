@@ -128,3 +128,51 @@ def test_torchvision_head_names_give_num_classes(tv_name, head):
     module, variables = from_torch(tv_name, tm, source="torchvision")
     assert module.num_classes == 10
     assert variables["params"]["classifier"]["kernel"].shape[-1] == 10
+
+
+@pytest.mark.parametrize("alpha", [0.25, 0.5, 0.75])
+def test_mobilenet_v1_width_multipliers_equal_timms_generator(alpha, monkeypatch):
+    """Howard et al.'s width multiplier: ``mobilenetv1_025/050/075`` are timm's MobileNet
+    v1 generator at that ``channel_multiplier`` (timm registers no name for them), proven
+    by the equivalence check (eval and train at two sizes, export) on that torch model."""
+    import sys
+
+    import timm.models.efficientnet as timm_effnet
+
+    from flaxcnn.convert import verify
+
+    verify_mod = sys.modules[verify.__module__]
+
+    name = f"mobilenetv1_{round(100 * alpha):03d}"
+    assert flaxcnn.create_model(name) == flaxcnn.create_model(
+        "mobilenetv1_100", width_multiplier=alpha
+    )
+    monkeypatch.setattr(
+        verify_mod,
+        "build_torch_model",
+        lambda *_, **kw: timm_effnet._gen_mobilenet_v1("mobilenetv1_100", alpha, **kw),
+    )
+    result = verify_mod.verify(
+        "mobilenetv1_100", source="timm", overrides={"width_multiplier": alpha}
+    )
+    assert result.ok and [c.mode for c in result.checks] == ["eval"] * 2 + ["train"] * 2 + [
+        "export"
+    ], str(result)
+    assert result.torch_params == result.flax_params
+
+
+def test_mobilenet_v2_width_mult_equals_torchvision():
+    """torchvision's ``mobilenet_v2(width_mult=0.5)`` is flaxcnn's ``mobilenetv2_050`` (timm's
+    name, proven against timm by the equivalence suite): one network in both libraries."""
+    from flaxcnn.convert import verify
+
+    assert flaxcnn.create_model("mobilenetv2_050") == flaxcnn.create_model(
+        "mobilenetv2_100", width_multiplier=0.5
+    )
+    result = verify(
+        "mobilenet_v2",
+        source="torchvision",
+        torch_kwargs={"width_mult": 0.5},
+        overrides={"width_multiplier": 0.5},
+    )
+    assert result.ok, str(result)

@@ -105,6 +105,9 @@ def test_stochastic_depth_only_in_train():
         ({"stem_type": "tiered"}, "stem_type must be one of"),
         ({"replace_stride_with_dilation": (True,)}, "3-element"),
         ({"act_layer": "rellu"}, "unknown activation 'rellu'; known: .*'relu'"),
+        ({"shortcut": "C"}, "shortcut must be 'A', 'B' or None"),
+        ({"shortcut": "A", "avg_down": True}, "avg_down is a projection shortcut"),
+        ({"channels": (64, 128)}, r"channels gives 2 stage widths for 4 stages"),
     ],
 )
 def test_bad_config_is_a_clear_error(kwargs, match):
@@ -209,3 +212,131 @@ def test_relu_is_one_function():
 
     assert get_act("relu") is relu
     assert ResNet18().act_layer == "relu"
+
+
+def _param_count(name: str, **kwargs) -> int:
+    model = flaxcnn.create_model(name, **kwargs)
+    side = flaxcnn.get_model_spec(name).input_size[0]
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, side, side, 3)))
+    return sum(int(np.prod(a.shape)) for a in jax.tree.leaves(shapes["params"]))
+
+
+# He et al. 2016, Table 6 (CIFAR-10, option A), and the exact counts of the CIFAR
+# re-implementations that reproduce it (BN scale and bias included; running statistics not).
+CIFAR_TABLE_6 = {
+    "resnet20": (0.27, 269_722),
+    "resnet32": (0.46, 464_154),
+    "resnet44": (0.66, 658_586),
+    "resnet56": (0.85, 853_018),
+    "resnet110": (1.7, 1_727_962),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CIFAR_TABLE_6))
+def test_cifar_resnet_parameter_counts_are_the_papers(name):
+    millions, exact = CIFAR_TABLE_6[name]
+    n = _param_count(name)
+    assert n == exact
+    assert round(n / 1e6, 2 if millions < 1 else 1) == millions
+    # The plain network has the same layers (option A shortcuts have no parameters);
+    # option B adds the two 1x1 projections and their BNs.
+    assert _param_count(name, shortcut=None) == exact
+    assert _param_count(name, shortcut="B") == exact + (16 * 32 + 64) + (32 * 64 + 128)
+
+
+def test_cifar_resnet_shape_and_stages():
+    model = flaxcnn.create_model("resnet20")
+    x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+    v = model.init(jax.random.key(0), x)
+    assert model.apply(v, x).shape == (2, 10)
+    assert v["params"]["conv1"]["kernel"].shape == (3, 3, 3, 16)
+    assert [(i["num_chs"], i["reduction"]) for i in model.feature_info()] == [
+        (16, 1),
+        (16, 1),
+        (32, 2),
+        (64, 4),
+    ]
+    feats = flaxcnn.create_model("resnet20", features_only=True).apply(v, x)
+    assert [f.shape[1:] for f in feats] == [(32, 32, 16), (32, 32, 16), (16, 16, 32), (8, 8, 64)]
+    # option A: no projection anywhere
+    assert not any("downsample" in k for blk in v["params"].values() for k in blk)
+
+
+def _zero_residual_branches(v):
+    """Variables whose every block's last BN outputs zero: a block then returns
+    relu(shortcut(x)), so the shortcut alone is observable."""
+    return jax.tree_util.tree_map_with_path(
+        lambda p, a: (
+            jnp.zeros_like(a)
+            if jax.tree_util.keystr(p).endswith("['bn2']['scale']")
+            or jax.tree_util.keystr(p).endswith("['bn2']['bias']")
+            else a
+        ),
+        v,
+    )
+
+
+def test_option_a_shortcut_subsamples_and_zero_pads():
+    """He et al. section 3.3, option A: the identity with stride-2 subsampling, the new
+    channels zero (half before, half after the old ones)."""
+    model = flaxcnn.create_model("resnet20", num_classes=0, features_only=True)
+    x = jax.random.normal(jax.random.key(1), (2, 32, 31, 3))
+    v = _zero_residual_branches(model.init(jax.random.key(0), x))
+    stem, l1, l2, l3 = model.apply(v, x)
+    np.testing.assert_array_equal(l1, stem)  # relu(0 + relu(x)) == relu(x)
+    expected2 = jnp.pad(l1[:, ::2, ::2, :], ((0, 0), (0, 0), (0, 0), (8, 8)))
+    np.testing.assert_array_equal(l2, expected2)
+    assert l2.shape == (2, 16, 16, 32)  # ceil(31 / 2): as the strided 3x3 conv
+    np.testing.assert_array_equal(l3, jnp.pad(l2[:, ::2, ::2, :], ((0, 0),) * 3 + ((16, 16),)))
+
+
+def test_plain_network_has_no_shortcut():
+    """plain20 is resnet20 without shortcuts: with the residual branches zeroed its blocks
+    output zeros, where resnet20's pass their input on; ``shortcut=None`` makes any
+    ResNet plain (the lectures' plain-18/34)."""
+    x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+    for name in ("plain20", "resnet20"):
+        model = flaxcnn.create_model(name, features_only=True)
+        v = _zero_residual_branches(model.init(jax.random.key(0), x))
+        feats = model.apply(v, x)
+        assert bool(jnp.any(feats[-1] != 0)) == (name == "resnet20")
+    plain18 = ResNet18(shortcut=None)
+    v = jax.eval_shape(plain18.init, jax.random.key(0), X)
+    assert not any("downsample" in k for blk in v["params"].values() for k in blk)
+    assert _param_count("resnet18", shortcut=None) == 11_689_512 - sum(
+        c_in * c_out + 2 * c_out for c_in, c_out in ((64, 128), (128, 256), (256, 512))
+    )
+
+
+def test_resnet50_v1_is_torchvision_with_the_stride_on_the_first_1x1():
+    """``resnet50_v1`` (He et al. as published) against torchvision's ResNet-50 with each
+    first bottleneck's stride moved from ``conv2`` to ``conv1``: equal in eval and train
+    mode at an odd non-square size, and unequal to v1.5 (the strides matter)."""
+    import torch
+    import torchvision
+
+    from flaxcnn.convert import load_torch_weights
+    from flaxcnn.convert.verify import randomize_bn
+
+    torch.manual_seed(0)
+    tmodel = torchvision.models.resnet50()
+    for layer in (tmodel.layer2, tmodel.layer3, tmodel.layer4):
+        layer[0].conv1.stride, layer[0].conv2.stride = (2, 2), (1, 1)
+    randomize_bn(tmodel)
+    model = flaxcnn.create_model("resnet50_v1")
+    variables = load_torch_weights(model, tmodel.state_dict(), source="torchvision")
+    x = np.random.default_rng(0).standard_normal((2, 3, 67, 45), dtype=np.float32)
+    xj = jnp.asarray(x.transpose(0, 2, 3, 1))
+    for train in (False, True):
+        tmodel.train(train)
+        with torch.no_grad():
+            ref = tmodel(torch.from_numpy(x)).numpy()
+        if train:
+            out, _ = model.apply(variables, xj, train=True, mutable=["batch_stats"])
+        else:
+            out = model.apply(variables, xj)
+        out = np.asarray(out)
+        bound = 1e-4 * max(1.0, float(np.abs(ref).max()))
+        assert float(np.abs(out - ref).max()) <= bound, train
+    v15 = flaxcnn.create_model("resnet50").apply(variables, xj)
+    assert float(np.abs(np.asarray(v15) - out).max()) > 1e-2
