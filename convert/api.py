@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from .._registry import SOURCES, ModelSpec, find_by_source
+from .._registry import SOURCES, ModelSpec, find_by_source, spec_of_module
 from .checkpoint import load_checkpoint, to_numpy_state_dict
 from .core import ConversionReport, Rules, convert_state_dict, get_rules, variable_shapes
 
@@ -88,15 +88,7 @@ def load_torch_weights(
 
 def _spec_of(module: nn.Module) -> ModelSpec | None:
     # A module built from the registry carries the family's rules; find them by class.
-    from .._registry import _REGISTRY
-
-    # Where one class serves several families (EfficientNet, MobileNet), the variant whose
-    # config the module matches best.
-    def matches(spec: ModelSpec) -> int:
-        return sum(getattr(module, k, None) == v for k, v in spec.config.items())
-
-    candidates = [s for s in _REGISTRY.values() if s.cls is type(module)]
-    return max(candidates, key=matches, default=None)
+    return spec_of_module(module)
 
 
 def from_torch(

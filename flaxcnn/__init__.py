@@ -18,6 +18,7 @@ from ._registry import (
     register_model,
 )
 from .fold import fold_batchnorm
+from .heads import get_classifier, reset_classifier
 from .pretrained import get_pretrained_cfg, list_pretrained
 from .xla import compiler_options, kernels, set_kernels
 
@@ -30,6 +31,7 @@ __all__ = [
     "create_model",
     "find_by_source",
     "fold_batchnorm",
+    "get_classifier",
     "get_model_spec",
     "get_pretrained_cfg",
     "kernels",
@@ -38,5 +40,6 @@ __all__ = [
     "list_pretrained",
     "models",
     "register_model",
+    "reset_classifier",
     "set_kernels",
 ]

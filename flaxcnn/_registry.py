@@ -323,6 +323,26 @@ def get_model_spec(name: str) -> ModelSpec:
         raise _unknown(name, list(_REGISTRY)) from None
 
 
+def spec_of_module(module: nn.Module) -> ModelSpec | None:
+    """The registered variant a module was built from (or is closest to): same class, the
+    most config fields equal (one class can serve several families: EfficientNet, the
+    MobileNets). ``None`` for an unregistered class."""
+
+    def matches(spec: ModelSpec) -> int:
+        return sum(getattr(module, k, None) == v for k, v in spec.config.items())
+
+    candidates = [s for s in _REGISTRY.values() if s.cls is type(module)]
+    return max(candidates, key=matches, default=None)
+
+
+def default_input_shape(module: nn.Module, batch: int = 1) -> tuple[int, int, int, int]:
+    """``(batch, H, W, C)``: the default size of the module's registered variant (224x224
+    for an unregistered class) with the module's own ``in_chans``."""
+    spec = spec_of_module(module)
+    h, w, c = spec.input_size if spec else (224, 224, 3)
+    return (batch, h, w, getattr(module, "in_chans", c))
+
+
 def create_model(name: str, *, pretrained: Any = False, **overrides: Any) -> Any:
     """Build a registered model: ``create_model('resnet50', num_classes=10)``.
 
