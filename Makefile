@@ -27,7 +27,7 @@ format: $(VENV)/.installed
 # "load" scheduling one worker was left running 20 equivalence tests alone for the last ten
 # minutes while the other sat idle (measured on a fresh clone).
 test: lint
-	$(PY) -m pytest -n 2 --dist worksteal --durations=25
+	$(PY) -m pytest -n 2 --dist worksteal --durations=60
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -12,6 +12,8 @@ import flaxcnn
 from flaxcnn import fold_batchnorm
 from flaxcnn._registry import _REGISTRY
 
+from ._small import random_variables, shrink
+
 # The first model registered per family (variants are data on its code), plus the
 # structures the first one does not have: VGG with BatchNorm, MobileNet v3's hard-swish
 # blocks, SE-ResNeXt, ResNet-D's deep stem (resnet50d), the segmentation heads and the
@@ -24,24 +26,6 @@ MODELS = sorted(
 )
 
 
-def _randomise_bn(variables, key):
-    """Statistics and affine parameters far from their initial (identity) values."""
-    flat = traverse_util.flatten_dict(variables)
-    out = {}
-    for i, (path, a) in enumerate(sorted(flat.items())):
-        k = jax.random.fold_in(key, i)
-        if path[0] == "batch_stats" and path[-1] == "mean":
-            a = 0.2 * jax.random.normal(k, a.shape)
-        elif path[0] == "batch_stats" and path[-1] == "var":
-            a = jax.random.uniform(k, a.shape, minval=0.5, maxval=2.0)
-        elif path[0] == "params" and path[-1] == "scale":
-            a = jax.random.uniform(k, a.shape, minval=0.5, maxval=1.5)
-        elif path[0] == "params" and path[-1] == "bias":
-            a = 0.1 * jax.random.normal(k, a.shape)
-        out[path] = a
-    return traverse_util.unflatten_dict(out)
-
-
 def _count(tree):
     return sum(int(np.prod(a.shape)) for a in jax.tree.leaves(tree))
 
@@ -49,7 +33,9 @@ def _count(tree):
 @pytest.mark.parametrize("name", MODELS)
 def test_folded_model_gives_the_same_outputs(name):
     spec = flaxcnn.get_model_spec(name)
-    model = flaxcnn.create_model(name, num_classes=10)
+    # One block per stage (tests/_small.py): folding is per conv-BN pair, so depth adds
+    # repeats of pairs already checked.
+    model = flaxcnn.create_model(name, num_classes=10, **shrink(name))
     side = max(64, spec.min_size)
     h, w = side + 3, side + 9
     if spec.family in ("unet", "vit"):  # even pooling sides; ViT: multiples of the patch
@@ -57,8 +43,9 @@ def test_folded_model_gives_the_same_outputs(name):
     x = jax.random.normal(jax.random.key(1), (2, h, w, spec.input_size[2]))
     if "batch_stats" not in jax.eval_shape(model.init, jax.random.key(0), x):
         pytest.skip(f"{name} has no BatchNorm")
-    # Op by op, not jitted: at this size compiling would cost more than computing.
-    variables = _randomise_bn(model.init(jax.random.key(0), x), jax.random.key(2))
+    # Random weights and BN statistics far from identity, drawn in numpy: compiling the
+    # initialisers would cost more than the whole check.
+    variables = random_variables(model, x)
 
     folded, fvars = fold_batchnorm(model, variables, x.shape)
     assert folded.folded, f"{name}: no BatchNorm follows a conv"
@@ -125,7 +112,7 @@ def test_a_conv_output_read_by_another_module_is_not_folded():
 
     model = Branches()
     x = jax.random.normal(jax.random.key(1), (2, 9, 11, 3))
-    variables = _randomise_bn(model.init(jax.random.key(0), x), jax.random.key(2))
+    variables = random_variables(model, x)
     folded, fvars = fold_batchnorm(model, variables, x.shape)
     assert folded.folded == (("bn2",),)
     ref, out = model.apply(variables, x), folded.apply(fvars, x)

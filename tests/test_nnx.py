@@ -25,38 +25,14 @@ import flaxcnn
 import flaxcnn.nnx as fnnx
 from flaxcnn._inputs import example_inputs
 
+from ._small import SMALLEST
+from ._small import random_variables as _random_variables
+
 MODELS = flaxcnn.list_models()
-# The smallest registered model of each family (by parameter count), and the overrides
-# that shrink it to about one block per stage where the family has such a field: the wrapper
-# is family-agnostic, so what a family can break in it is its layer types (BatchNorm,
-# dropout, drop-path), its modes (GoogLeNet's train-mode aux logits) and its output (FCN's
-# dict), not its depth; compiling full depths cost 5x more (DenseNet-121 alone minutes).
-SMALLEST = {
-    "alexnet": ("alexnet", {"hidden": 256}),
-    "convnext": ("convnext_tiny", {"depths": (1, 1, 1, 1), "drop_path_rate": 0.2}),
-    "densenet": ("densenet121", {"block_config": (1, 1, 1, 1)}),
-    "efficientnet": ("efficientnet_lite0", {"depth_multiplier": 0.1}),
-    "efficientnet_v2": ("tf_efficientnetv2_b0", {"depth_multiplier": 0.1}),
-    "fcn": ("fcn_resnet50", {"stage_sizes": (1, 1, 1, 1)}),
-    "googlenet": ("googlenet", {}),
-    # Without the aux head (its 299 px minimum; GoogLeNet covers aux heads), 75 px suffice.
-    "inception": ("inception_v3", {"aux_logits": False}),
-    "lenet": ("lenet5", {}),
-    "mobilenet_v1": ("mobilenetv1_100", {"depth_multiplier": 0.1}),
-    "mobilenet_v2": ("mobilenetv2_100", {"depth_multiplier": 0.1}),
-    "mobilenet_v3": ("mobilenet_v3_small", {}),
-    "nin": ("nin", {}),
-    "resnet": ("resnet18", {"stage_sizes": (1, 1, 1, 1)}),
-    "resnet_cifar": ("resnet20", {"stage_sizes": (1, 1, 1)}),
-    "resnetv2": ("resnetv2_50", {"layers": (1, 1, 1, 1)}),
-    "senet": ("legacy_seresnext26_32x4d", {"layers": (1, 1, 1, 1)}),
-    "unet": ("unet_padded", {"depth": 2, "base_width": 8}),
-    "vgg": ("vgg11", {}),
-    "xception": ("legacy_xception", {}),
-    "vit": ("vit_tiny_patch16_224", {"depth": 2, "drop_path_rate": 0.2}),
-    # CLIP: the ResNet tower (BatchNorm), one block per stage, one text block.
-    "clip": ("clip_rn50", {"vision_layers": (1, 1, 1, 1), "transformer_layers": 1}),
-}
+# The smallest model of each family, at about one block per stage: the wrapper is
+# family-agnostic, so what a family can break in it is its layer types (BatchNorm, dropout,
+# drop-path), its modes (GoogLeNet's train-mode aux logits) and its output (FCN's dict),
+# not its depth.
 TINY = {"stem_type": "cifar", "stage_sizes": (1,)}  # tests/train's tiny ResNet
 
 
@@ -68,26 +44,6 @@ def _close(got, want, bound=1e-6):
         assert g.shape == w.shape
         err = float(np.max(np.abs(g - w))) if g.size else 0.0
         assert err <= bound * max(1.0, float(np.max(np.abs(w)))), err
-
-
-def _random_variables(module, *x, seed=0):
-    """Variables of ``module``'s structure filled from numpy, BN statistics randomised (no
-    flax initialiser to compile: that costs more than the forward passes under test)."""
-    rng = np.random.default_rng(seed)
-    abstract = jax.eval_shape(module.init, jax.random.key(0), *x)
-
-    def fill(path, a):
-        name = path[-1]
-        if name in ("var", "scale") or (name == "weight" and a.ndim == 1):
-            v = rng.uniform(0.5, 1.5, a.shape)
-        elif a.ndim >= 2:
-            v = rng.standard_normal(a.shape) / np.sqrt(np.prod(a.shape[:-1]))
-        else:
-            v = 0.1 * rng.standard_normal(a.shape)
-        return jnp.asarray(v, a.dtype)
-
-    flat = traverse_util.flatten_dict(dict(abstract))
-    return traverse_util.unflatten_dict({k: fill(k, a) for k, a in flat.items()})
 
 
 def _inputs(spec, linen, batch, side, key=1):

@@ -7,6 +7,9 @@ batch is sharded, so 1 device and 8 devices augment identically.
 
 * :func:`random_resized_crop`: Inception-style crop of a random area and aspect ratio,
   resized back to the input size (bilinear).
+* :func:`random_translate`: zero-pad and crop back at a random offset, the "4 pixels
+  padded on each side, a 32x32 crop" of He et al.'s CIFAR recipe (torchvision's
+  ``RandomCrop(32, padding=4)``).
 * :func:`hflip`, :func:`color_jitter` (brightness, contrast, saturation),
   :func:`gaussian_noise`, :func:`random_erasing` (Zhong et al., 2017).
 * :func:`mixup` (Zhang et al., 2018) and :func:`cutmix` (Yun et al., 2019) on the batch.
@@ -32,6 +35,8 @@ __all__ = [
     "mixup",
     "random_erasing",
     "random_resized_crop",
+    "random_translate",
+    "translate",
 ]
 
 
@@ -89,6 +94,26 @@ def random_resized_crop(
     if mask is None:
         return out
     return out, jax.vmap(one_mask)(keys, mask)
+
+
+def translate(x: jax.Array, offsets: jax.Array, pad: int) -> jax.Array:
+    """Each image zero-padded by ``pad`` on every side, then cropped back to its size with
+    its top-left corner at ``offsets[i] = (top, left)`` of the padded image (``0 ... 2 *
+    pad``): torchvision's ``crop(pad(img, pad), top, left, h, w)``."""
+    _, h, w, c = x.shape
+    padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    return jax.vmap(lambda img, o: jax.lax.dynamic_slice(img, (o[0], o[1], 0), (h, w, c)))(
+        padded, offsets
+    )
+
+
+def random_translate(key: jax.Array, x: jax.Array, pad: int = 4) -> jax.Array:
+    """:func:`translate` by a uniform random offset per image (each of the ``(2 * pad +
+    1) ** 2`` equally likely), as torchvision's ``RandomCrop(size, padding=pad)``."""
+    offsets = jax.vmap(lambda k: jax.random.randint(k, (2,), 0, 2 * pad + 1))(
+        _per_example(key, x.shape[0])
+    )
+    return translate(x, offsets, pad)
 
 
 def hflip(
@@ -205,8 +230,8 @@ def augment_batch(
     """The per-image augmentations ``cfg`` switches on, in the usual order.
 
     Keys (0 / False disables): ``crop_scale_min`` (random-resized crop with scale
-    ``(crop_scale_min, 1)``), ``hflip``, ``color_jitter`` (strength), ``noise_std``,
-    ``erase_prob``.
+    ``(crop_scale_min, 1)``), ``translate`` (pad and random crop, pixels), ``hflip``,
+    ``color_jitter`` (strength), ``noise_std``, ``erase_prob``.
 
     With ``mask`` (segmentation: ``(B, H, W)`` labels) returns ``(x, mask)``: the crop and
     the flip move the mask's pixels exactly as the image's; colour jitter and noise leave it
@@ -214,13 +239,17 @@ def augment_batch(
     """
     if mask is not None and cfg.get("erase_prob", 0):
         raise ValueError("random erasing (erase_prob > 0) does not apply to segmentation masks")
-    keys = jax.random.split(key, 5)
+    if mask is not None and cfg.get("translate", 0):
+        raise ValueError("translate pads with zeros, which is no label: not for segmentation")
+    keys = jax.random.split(key, 6)
     if cfg.get("crop_scale_min", 0):
         scale = (cfg["crop_scale_min"], 1.0)
         if mask is None:
             x = random_resized_crop(keys[0], x, scale=scale)
         else:
             x, mask = random_resized_crop(keys[0], x, scale=scale, mask=mask)
+    if cfg.get("translate", 0):
+        x = random_translate(keys[5], x, int(cfg["translate"]))
     if cfg.get("hflip", False):
         if mask is None:
             x = hflip(keys[1], x)

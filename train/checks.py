@@ -158,6 +158,7 @@ FIELDS: dict[str, Check] = {
     "batch_size": _integer(1),
     "eval_batch_size": _integer(0),
     "augment.crop_scale_min": UNIT,
+    "augment.translate": _integer(0),
     "augment.hflip": _boolean,
     "augment.color_jitter": NON_NEGATIVE,
     "augment.noise_std": NON_NEGATIVE,

@@ -257,6 +257,7 @@ def _check_task(cfg: Any, spec: Any, info: data_lib.DatasetInfo) -> None:
         "label_smoothing": cfg.label_smoothing,
         "distill.alpha": cfg.distill.alpha,
         "augment.erase_prob": cfg.augment.erase_prob,
+        "augment.translate": cfg.augment.get("translate", 0),
     }
     on = [f"config.{k}={v}" for k, v in unsupported.items() if v]
     if on:

@@ -157,6 +157,36 @@ def test_hflip_mirrors_and_full_crop_is_identity():
     assert same.shape == X.shape
 
 
+@pytest.mark.parametrize("pad", [1, 4])
+def test_translate_is_torchvisions_pad_and_crop(pad):
+    """He et al.'s CIFAR augmentation: zero-pad by ``pad``, crop back at (top, left) --
+    torchvision.transforms.v2.functional's ``crop(pad(img, pad), top, left, h, w)`` at the
+    same offsets, exactly; and the random offsets differ per image and are reproducible
+    from the key."""
+    import torch
+    from torchvision.transforms.v2 import functional as TF
+
+    b, h, w = X.shape[:3]
+    offsets = np.stack([np.arange(b) % (2 * pad + 1), (3 * np.arange(b)) % (2 * pad + 1)], 1)
+    out = augment.translate(X, jnp.asarray(offsets), pad)
+    for i, (top, left) in enumerate(offsets):
+        img = torch.from_numpy(np.asarray(X[i]).transpose(2, 0, 1).copy())
+        ref = TF.crop(TF.pad(img, [pad]), int(top), int(left), h, w)
+        np.testing.assert_array_equal(out[i], ref.numpy().transpose(1, 2, 0))
+    np.testing.assert_array_equal(augment.translate(X, jnp.full((b, 2), pad), pad), X)
+    big = jnp.tile(X, (8, 1, 1, 1))
+    moved = augment.random_translate(KEY, big, pad)
+    assert moved.shape == big.shape
+    seen = set()
+    for dy in range(2 * pad + 1):
+        for dx in range(2 * pad + 1):
+            shifted = augment.translate(big, jnp.tile(jnp.array([[dy, dx]]), (len(big), 1)), pad)
+            hits = np.all(np.asarray(shifted) == np.asarray(moved), axis=(1, 2, 3))
+            seen |= {(dy, dx)} if hits.any() else set()
+    assert len(seen) > 2
+    np.testing.assert_array_equal(augment.random_translate(KEY, big, pad)[:4], moved[:4])
+
+
 @pytest.mark.parametrize("fn", [augment.mixup, augment.cutmix])
 def test_mixup_cutmix_targets_stay_distributions(fn):
     x, y = fn(KEY, X, Y)

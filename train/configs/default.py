@@ -42,6 +42,7 @@ def get_config() -> ConfigDict:
     c.augment = ConfigDict(
         {
             "crop_scale_min": 0.0,
+            "translate": 0,  # pixels: zero-pad and random crop back (He et al.'s CIFAR: 4)
             "hflip": False,
             "color_jitter": 0.0,
             "noise_std": 0.0,
