@@ -17,6 +17,7 @@ from ._registry import (
     list_models,
     register_model,
 )
+from .extract import create_feature_extractor, get_graph_node_names
 from .fold import fold_batchnorm
 from .heads import get_classifier, reset_classifier
 from .pretrained import get_pretrained_cfg, list_pretrained
@@ -28,10 +29,12 @@ __all__ = [
     "ModelSpec",
     "__version__",
     "compiler_options",
+    "create_feature_extractor",
     "create_model",
     "find_by_source",
     "fold_batchnorm",
     "get_classifier",
+    "get_graph_node_names",
     "get_model_spec",
     "get_pretrained_cfg",
     "kernels",
