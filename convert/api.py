@@ -69,7 +69,7 @@ def load_torch_weights(
     mis-shaped tensors; with ``strict=False`` returns ``(variables, report)`` where
     variables the weights did not provide keep their fresh initialisation.
     """
-    spec = _spec_of(module)
+    spec = spec_of_module(module)  # the registered variant carries the family's rules
     sd = read_state_dict(weights)
     shape = input_shape or _input_shape(module, spec)
     shapes = variable_shapes(module, shape)
@@ -84,11 +84,6 @@ def load_torch_weights(
         flat = traverse_util.flatten_dict(variables)
         variables = traverse_util.unflatten_dict({**init, **flat})
     return variables, report
-
-
-def _spec_of(module: nn.Module) -> ModelSpec | None:
-    # A module built from the registry carries the family's rules; find them by class.
-    return spec_of_module(module)
 
 
 def from_torch(
