@@ -696,3 +696,8 @@ def test_local_response_norm(size, alpha, beta, k, channels):
         jnp.asarray(x.transpose(0, 2, 3, 1), jnp.float32)
     )
     close(g32, nhwc(xt.grad))
+
+
+def test_local_response_norm_rejects_an_empty_window():
+    with pytest.raises(ValueError, match="size must be >= 1, got 0"):
+        layers.local_response_norm(jnp.ones((1, 2, 2, 3)), 0)
