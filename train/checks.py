@@ -175,7 +175,9 @@ FIELDS: dict[str, Check] = {
     "optim.b2": _real(0, 1, hi_open=True),
     "optim.weight_decay": NON_NEGATIVE,
     "optim.schedule": _choice("constant", "step", "cosine", "plateau"),
+    "optim.lr_base_batch": _integer(0),
     "optim.warmup_steps": _integer(0),
+    "optim.warmup_epochs": NON_NEGATIVE,
     "optim.step_fractions": _fractions,
     "optim.plateau_factor": _real(0, 1, lo_open=True, hi_open=True),
     "optim.plateau_patience": _integer(0),
@@ -228,6 +230,13 @@ def validate_config(cfg: Any) -> None:
         allowed = check(value)
         if allowed is not None:
             raise ConfigError(f"config.{path}={value!r}: must be {allowed}")
+    if _get(cfg, "optim.warmup_steps") not in (0, _MISSING) and _get(
+        cfg, "optim.warmup_epochs"
+    ) not in (0, _MISSING):
+        raise ConfigError(
+            f"config.optim.warmup_steps={cfg.optim.warmup_steps} and "
+            f"config.optim.warmup_epochs={cfg.optim.warmup_epochs}: set one of them, not both"
+        )
     if _get(cfg, "num_steps") == 0 and _get(cfg, "num_epochs") == 0:
         raise ConfigError(
             "config.num_steps=0 and config.num_epochs=0: the run would take no step; "

@@ -26,7 +26,7 @@ from flaxcnn.segmentation import mean_iou, pixel_accuracy
 from . import data as data_lib
 from .checkpoint import Checkpointer, CheckpointError
 from .checks import ConfigError, check_dependencies, validate_config
-from .optim import build_optimizer
+from .optim import build_optimizer, resolve
 from .steps import (
     StepConfig,
     TrainState,
@@ -105,7 +105,8 @@ def setup(cfg: Any, *, devices: list | None = None) -> Setup:
     total = cfg.num_steps or cfg.num_epochs * steps_per_epoch
     step_cfg = _step_config(cfg, info, num_classes, _bn_groups(cfg, len(devices)))
     try:
-        tx = build_optimizer(cfg.optim, total, head=_head_name(cfg.model))
+        optim_cfg = resolve(cfg.optim, batch_size=cfg.batch_size, steps_per_epoch=steps_per_epoch)
+        tx = build_optimizer(optim_cfg, total, head=_head_name(cfg.model))
     except ValueError as e:
         raise ConfigError(f"config.optim: {e}") from None
     return Setup(

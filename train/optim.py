@@ -7,6 +7,10 @@
 * Schedules: ``constant``, ``step`` (divide by 10 at the given fractions of training),
   ``cosine`` (linear warm-up, then cosine to zero); ``plateau`` additionally scales the
   updates by optax's reduce-on-plateau on the training loss.
+* ``lr_base_batch``: the learning rate given per that many examples, scaled linearly to the
+  run's batch size (Goyal et al., 2017: "0.1 per 256"), so a recipe keeps its meaning when
+  ``--config.batch_size`` changes; ``warmup_epochs``: the warm-up in epochs of the run's
+  data, for the same reason (:func:`resolve`).
 * Gradient clipping by global norm; ``freeze_backbone`` zeroes every update outside the
   classifier head (fine-tuning converted weights with a new head); the train step then
   runs the backbone's BatchNorm in eval mode (``StepConfig.frozen_head``), so its running
@@ -20,7 +24,28 @@ from typing import Any
 import jax
 import optax
 
-__all__ = ["build_optimizer", "build_schedule", "decay_mask", "in_head"]
+__all__ = ["build_optimizer", "build_schedule", "decay_mask", "in_head", "resolve"]
+
+
+def resolve(cfg: Any, *, batch_size: int, steps_per_epoch: int) -> Any:
+    """``cfg`` (an ``optim`` config) with the run-dependent settings made absolute: a
+    ``learning_rate`` given per ``lr_base_batch`` examples scaled to ``batch_size``, and
+    ``warmup_epochs`` converted to ``warmup_steps`` (rounded) of ``steps_per_epoch``. A copy;
+    ``cfg`` is left alone."""
+    out = (
+        cfg.copy_and_resolve_references()
+        if hasattr(cfg, "copy_and_resolve_references")
+        else dict(cfg)
+    )
+    base = int(out.get("lr_base_batch", 0) or 0)
+    if base:
+        out["learning_rate"] = out["learning_rate"] * batch_size / base
+        out["lr_base_batch"] = 0
+    epochs = float(out.get("warmup_epochs", 0) or 0)
+    if epochs:
+        out["warmup_steps"] = round(epochs * steps_per_epoch)
+        out["warmup_epochs"] = 0.0
+    return out
 
 
 def build_schedule(cfg: Any, total_steps: int) -> optax.Schedule:

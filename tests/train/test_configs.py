@@ -4,6 +4,7 @@ embedded digits standing in for the dataset it is written for)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from flaxcnn import create_model
 from flaxcnn.train import checks, loop, optim
@@ -26,17 +27,68 @@ def test_cifar10_resnet56_is_he_et_al_recipe(data_dir, tmp_path):
     sched = optim.build_schedule(o, cfg.num_steps)
     lrs = [float(sched(s)) for s in (0, 31_999, 32_000, 47_999, 48_000, 63_999)]
     np.testing.assert_allclose(lrs, [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6)
-    # the model is the paper's (Table 6: 0.85M parameters)
-    model = create_model(cfg.model, **cfg.model_kwargs)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
-    assert sum(a.size for a in jax.tree.leaves(shapes["params"])) == 853_018
+    assert _param_count(cfg.model, cfg.model_kwargs, 32) == 853_018  # Table 6: 0.85M
+    _two_steps_on_digits(cfg, data_dir, tmp_path, {"stage_sizes": (1, 1, 1)})
 
-    # Two steps of the recipe (optimizer, schedule, augmentations, model family) on the
-    # embedded digits standing in for CIFAR-10; one block per stage keeps compiling short.
+
+def _param_count(name, model_kwargs, size):
+    model = create_model(name, **model_kwargs)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
+    return sum(a.size for a in jax.tree.leaves(shapes["params"]))
+
+
+def _two_steps_on_digits(cfg, data_dir, tmp_path, model_kwargs):
+    """Two steps of a recipe (optimizer, schedule, augmentations, losses, model family) on
+    the embedded digits standing in for its dataset, the model cut to one block per stage
+    so that compiling stays short."""
     cfg.dataset, cfg.data_dir, cfg.workdir = "digits", data_dir, str(tmp_path)
-    cfg.model_kwargs = {"stage_sizes": (1, 1, 1)}
-    cfg.num_steps, cfg.batch_size, cfg.eval_batch_size = 2, 16, 120
+    cfg.model_kwargs = {**cfg.model_kwargs, **model_kwargs}
+    cfg.image_size, cfg.num_steps, cfg.batch_size, cfg.eval_batch_size = 32, 2, 16, 120
     cfg.checkpoint_every_steps, cfg.progress = 2, False
     out = loop.train(cfg)
     assert int(out["state"].step) == 2 and 0.0 <= out["top1"] <= 1.0, sorted(out)
     assert all(np.isfinite(np.asarray(a)).all() for a in jax.tree.leaves(out["state"].params))
+    return out
+
+
+IMAGENET_STEPS_PER_EPOCH = 1_281_167 // 1024  # the train split in batches of 1024
+
+
+def test_imagenet_resnet50_is_goyal_et_al_with_label_smoothing(data_dir, tmp_path):
+    cfg = load_config("imagenet_resnet50")
+    checks.validate_config(cfg)
+    assert (cfg.model, cfg.dataset, cfg.image_size, cfg.batch_size, cfg.num_epochs) == (
+        "resnet50",
+        "imagenet2012",
+        224,
+        1024,
+        90,
+    )
+    assert (cfg.augment.crop_scale_min, cfg.augment.hflip, cfg.label_smoothing) == (
+        0.08,
+        True,
+        0.1,
+    )
+    o = cfg.optim
+    assert (o.optimizer, o.momentum, o.nesterov, o.weight_decay) == ("sgd", 0.9, False, 1e-4)
+    # 0.1 per 256 images: 0.4 at 1024, 0.1 at 256; 5 warm-up epochs, then cosine to zero.
+    spe = IMAGENET_STEPS_PER_EPOCH
+    r = optim.resolve(o, batch_size=1024, steps_per_epoch=spe)
+    assert (r.learning_rate, r.warmup_steps) == (0.4, 5 * spe)
+    assert optim.resolve(o, batch_size=256, steps_per_epoch=4 * spe).learning_rate == 0.1
+    assert (o.learning_rate, o.warmup_epochs) == (0.1, 5.0)  # resolve copies
+    total = 90 * spe
+    sched = optim.build_schedule(r, total)
+    w, mid = 5 * spe, (5 * spe + total) // 2
+    half = 0.2 * (1 + np.cos(np.pi * (mid - w) / (total - w)))  # 0.2, half a step early
+    lrs = [float(sched(s)) for s in (0, w, mid, total)]
+    np.testing.assert_allclose(lrs, [0.0, 0.4, half, 0.0], rtol=1e-6, atol=1e-7)
+    assert _param_count(cfg.model, cfg.model_kwargs, 224) == 25_557_032  # torchvision's
+    _two_steps_on_digits(cfg, data_dir, tmp_path, {"stage_sizes": (1, 1, 1, 1)})
+
+
+def test_warmup_is_given_in_steps_or_in_epochs_not_both():
+    cfg = load_config("imagenet_resnet50")
+    cfg.optim.warmup_steps = 100
+    with pytest.raises(checks.ConfigError, match="warmup_steps=100 and .*warmup_epochs=5.0"):
+        checks.validate_config(cfg)

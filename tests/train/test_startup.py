@@ -38,6 +38,9 @@ BAD_SETTINGS = [
      "[0, 1]"),
     ("optim.weight_decay", -1e-4, "config.optim.weight_decay=-0.0001: must be a finite number >= 0"),
     ("optim.warmup_steps", -1, "config.optim.warmup_steps=-1: must be an integer >= 0"),
+    ("optim.warmup_epochs", -1.0, "config.optim.warmup_epochs=-1.0: must be a finite number "
+     ">= 0"),
+    ("optim.lr_base_batch", -256, "config.optim.lr_base_batch=-256: must be an integer >= 0"),
     ("label_smoothing", 1.0, "config.label_smoothing=1.0: must be a number in [0, 1)"),
     ("mixup_alpha", -0.2, "config.mixup_alpha=-0.2: must be a finite number >= 0"),
     ("ema_decay", math.nan, "config.ema_decay=nan: must be a number in [0, 1)"),

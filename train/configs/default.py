@@ -59,6 +59,9 @@ def get_config() -> ConfigDict:
         {
             "optimizer": "sgd",  # sgd | adamw
             "learning_rate": 0.1,
+            # > 0: learning_rate is per this many examples, scaled linearly to batch_size
+            # (Goyal et al., 2017: 0.1 per 256).
+            "lr_base_batch": 0,
             "momentum": 0.9,
             "nesterov": True,
             "b1": 0.9,
@@ -66,6 +69,7 @@ def get_config() -> ConfigDict:
             "weight_decay": 5e-4,  # masked off BN parameters and biases
             "schedule": "cosine",  # constant | step | cosine | plateau
             "warmup_steps": 0,
+            "warmup_epochs": 0.0,  # the warm-up in epochs instead (not both)
             "step_fractions": (0.5, 0.75),
             "plateau_factor": 0.1,
             "plateau_patience": 10,
