@@ -584,3 +584,113 @@ def test_inputs_and_targets_normalise_one_hot_and_smooth():
     x, targets, labels = prepare(key, key, {"image": images, "label": masks}, seg)
     chex.assert_trees_all_equal((targets, labels), (masks, masks))  # the class map, not one-hot
     chex.assert_trees_all_close(x, (images - 0.5) / 0.5)
+
+
+# --- The losses inside the jitted step, against targets and losses computed by hand. ---
+
+
+def _partner_and_lam(mixed, x):
+    """For each mixed image, the batch image ``j`` it was mixed with and the weight ``lam``
+    of its own image, read off the pixels alone: Mixup's ``lam x_i + (1 - lam) x_j`` (least
+    squares over the candidates ``j``), or CutMix's box of ``x_j`` pasted into ``x_i``."""
+    found = []
+    for i, m in enumerate(mixed):
+        if np.array_equal(m, x[i]):
+            found.append((i, 1.0))
+            continue
+        box = np.any(m != x[i], axis=-1)
+        pasted = [j for j in range(len(x)) if j != i and np.array_equal(m[box], x[j][box])]
+        if pasted and np.array_equal(m[~box], x[i][~box]):  # CutMix: lam is the area kept
+            found.append((pasted[0], 1.0 - box.mean()))
+            continue
+        fits = []
+        for j in range(len(x)):
+            d = (x[i] - x[j]).ravel()
+            lam = float(np.dot((m - x[j]).ravel(), d) / np.dot(d, d)) if d.any() else 1.0
+            fits.append((np.abs(lam * x[i] + (1 - lam) * x[j] - m).max(), j, lam))
+        err, j, lam = min(fits)
+        assert err < 1e-5, f"image {i} is neither a blend nor a pasted box ({err})"
+        found.append((j, lam))
+    return found
+
+
+def _hand_targets(mixed, x, labels, num_classes, smoothing=0.0):
+    eye = np.eye(num_classes)
+    t = np.stack(
+        [
+            lam * eye[labels[i]] + (1 - lam) * eye[labels[j]]
+            for i, (j, lam) in enumerate(_partner_and_lam(mixed, x))
+        ]
+    )
+    return t * (1 - smoothing) + smoothing / num_classes
+
+
+@pytest.mark.parametrize("mix", ["mixup", "cutmix"])
+def test_mixed_targets_are_the_pixels_mixing_weights(mix):
+    """Mixup's and CutMix's targets equal the label mix read off the mixed pixels (CutMix: the
+    box's true area after clipping at the border, not the drawn ``lam``)."""
+    x, y = _mix_inputs()
+    labels = np.asarray(jnp.argmax(y, -1))
+    fn = augment.mixup if mix == "mixup" else augment.cutmix
+    alpha = 0.2 if mix == "mixup" else 1.0
+    for k in jax.random.split(jax.random.key(5), 3):
+        mixed, targets = jax.device_get(fn(k, x, y, alpha))
+        want = _hand_targets(mixed, np.asarray(x), labels, 10)
+        np.testing.assert_allclose(targets, want, rtol=0, atol=1e-5)
+
+
+class _AuxNet(nn.Module):
+    """A linear classifier with two auxiliary linear heads in train mode, as GoogLeNet's
+    ``(logits, aux2, aux1)`` (no BatchNorm: the loss is then a closed form in numpy)."""
+
+    @nn.compact
+    def __call__(self, x, *, train=False):
+        f = x.reshape(x.shape[0], -1)
+        out = tuple(nn.Dense(10, name=n)(f) for n in ("fc", "aux2", "aux1"))
+        return out if train else out[0]
+
+
+def test_step_loss_is_smoothed_mixed_cross_entropy_plus_03_per_aux_head():
+    """Inside the jitted step: the batch is mixed (Mixup or CutMix, both met over the steps),
+    the targets are the pixels' mix then smoothed by 0.1, and the loss is the main head's
+    cross-entropy plus 0.3 times each auxiliary head's, as computed here in numpy from the
+    step's own input and the parameters; the update is SGD's on that loss's gradient."""
+    model, lr = _AuxNet(), 0.5
+    mesh = steps.make_mesh(jax.devices()[:1])
+    tx = optax.sgd(lr)
+    cfg = steps.StepConfig(
+        10, mixup_alpha=0.2, cutmix_alpha=1.0, label_smoothing=0.1, aux_loss_weight=0.3
+    )
+    step = steps.make_train_step(model, tx, cfg, mesh)
+    batch = _batch(2)
+    x0 = (batch["image"] - 0.5) / 0.5  # the step's normalisation (StepConfig's mean, std)
+
+    def softmax(z):
+        e = np.exp(z - z.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    def xent(z, t):
+        return -np.mean(np.sum(t * np.log(softmax(z)), -1))
+
+    state = steps.create_train_state(model, tx, jax.random.key(0), (1, *SHAPE[1:]), mesh)
+    kinds = set()
+    for i in range(4):
+        p = jax.device_get(state.params)
+        rng = jax.random.key(10 + i)
+        new, m = step(jax.tree.map(jnp.copy, state), steps.shard_batch(batch, mesh), rng)
+        k_aug, k_mix, _ = jax.random.split(jax.random.fold_in(rng, i), 3)
+        x, _, _ = jax.device_get(steps.inputs_and_targets(k_aug, k_mix, batch, cfg))
+        t = _hand_targets(x, x0, batch["label"], 10, smoothing=0.1)
+        kinds.add("box" if all(np.isin(x, x0).all(axis=(1, 2, 3))) else "blend")
+        f = x.reshape(len(x), -1)
+        z = {h: f @ p[h]["kernel"] + p[h]["bias"] for h in ("fc", "aux2", "aux1")}
+        want = xent(z["fc"], t) + 0.3 * (xent(z["aux2"], t) + xent(z["aux1"], t))
+        assert float(m["loss"]) == pytest.approx(want, rel=1e-5)
+        # SGD on that loss: each head's bias moves by -lr * weight * mean(softmax - targets).
+        heads = (("fc", 1.0), ("aux2", 0.3), ("aux1", 0.3))
+        grad_b = {h: w * np.mean(softmax(z[h]) - t, 0) for h, w in heads}
+        got = jax.device_get(new.params)
+        for h, g in grad_b.items():
+            np.testing.assert_allclose(got[h]["bias"], p[h]["bias"] - lr * g, rtol=0, atol=1e-6)
+        state = new
+    assert int(state.step) == 4 and kinds == {"box", "blend"}, kinds
