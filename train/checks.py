@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import numbers
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -24,6 +25,7 @@ __all__ = [
     "MissingDependencyError",
     "TRAIN_DEPENDENCIES",
     "check_dependencies",
+    "parse_randaugment",
     "validate_config",
 ]
 
@@ -133,6 +135,84 @@ def _fractions(v: Any) -> str | None:
     return None if ok and list(v) == sorted(set(v)) else allowed
 
 
+# --- RandAugment's setting -----------------------------------------------------------------
+
+RANDAUGMENT_FORMS = (
+    "'' (off), timm's 'rand-m<M>-n<N>' (M in 0..10, N >= 0) or (num_ops, magnitude) "
+    "(torchvision's bins, magnitude in 0..30)"
+)
+# timm's sections (timm.data.auto_augment.rand_augment_transform) this RandAugment, which is
+# torchvision's, has no counterpart for.
+_TIMM_UNSUPPORTED = {
+    "mstd": "magnitude noise per op",
+    "mmax": "a magnitude bound other than 10",
+    "inc": "its increasing-severity op set",
+    "p": "applying each op with a probability; every drawn op is applied, as torchvision",
+}
+
+
+def _randaugment_spec(value: Any) -> tuple[tuple[int, int] | None, str | None]:
+    """``((num_ops, magnitude bin), None)``, ``(None, None)`` for off, or ``(None, why)``."""
+    if value is None or (isinstance(value, (str, numbers.Number)) and not value):
+        return None, None  # '', None, False, 0: off
+    if isinstance(value, str):
+        parts = value.split("-")
+        if parts[0] != "rand":
+            return None, "a timm string starts with 'rand'"
+        # timm's defaults: magnitude 10 of 10, two ops.
+        found = {"m": 10, "n": 2}
+        seen = set()
+        for part in parts[1:]:
+            if part.startswith("t"):
+                return None, f"timm's transform sets ({part!r}) are not supported"
+            key, val = re.fullmatch(r"([a-z]*)(.*)", part).groups()
+            if key in _TIMM_UNSUPPORTED:
+                return None, f"timm's {key!r} ({_TIMM_UNSUPPORTED[key]}) is not supported"
+            if key not in found:
+                return None, f"unknown section {part!r}"
+            if key in seen:
+                return None, f"{key!r} is given twice"
+            if not re.fullmatch(r"[0-9]+", val):
+                return None, f"{key!r} takes a non-negative integer, not {val!r}"
+            seen.add(key)
+            found[key] = int(val)
+        if found["m"] > 10:
+            return None, f"m{found['m']} is above timm's maximum magnitude, 10"
+        # timm's magnitude m is m/10 of each op's range: bin 3m of torchvision's 31 (m9:
+        # rotations up to 27 degrees, as timm; torchvision's magnitude=9 is 9 degrees).
+        return (found["n"], 3 * found["m"]), None
+    if isinstance(value, Sequence) and len(value) == 2:
+        ints = all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value)
+        if ints and value[0] >= 0 and 0 <= value[1] <= 30:
+            return (int(value[0]), int(value[1])), None
+        return None, "num_ops must be an integer >= 0 and magnitude an integer in [0, 30]"
+    return None, "neither a string nor a pair"
+
+
+def parse_randaugment(value: Any) -> tuple[int, int] | None:
+    """The RandAugment setting as ``(num_ops, magnitude)`` on torchvision's 31 magnitude
+    bins, or ``None`` for off ('', None, False or 0).
+
+    timm's string ``'rand-m<M>-n<N>'`` (sections in any order; timm's defaults M=10, N=2
+    when left out) reads M on timm's 0..10 scale, so it maps to bin ``3 M`` (the same
+    fraction of each op's range; timm's ``rand-m9`` rotates up to 27 degrees, as bin 27
+    does). The ops are torchvision's RandAugment's, not timm's: timm's op set (Invert,
+    SolarizeAdd, its translate of 0.45 of the size and its posterize levels, no Identity),
+    its per-op probability 0.5 (``p``), magnitude noise (``mstd``), ``mmax``, ``inc`` and
+    transform sets (``t...``) are not reproduced, and a string with any of them, an unknown
+    section, or M > 10 is refused. A pair ``(num_ops, magnitude)`` is torchvision's
+    ``RandAugment(num_ops, magnitude)`` as it is. Raises ``ValueError`` in one line."""
+    spec, problem = _randaugment_spec(value)
+    if problem is not None:
+        raise ValueError(f"randaugment={value!r}: must be {RANDAUGMENT_FORMS}; {problem}")
+    return spec
+
+
+def _randaugment(v: Any) -> str | None:
+    problem = _randaugment_spec(v)[1]
+    return None if problem is None else f"{RANDAUGMENT_FORMS}; {problem}"
+
+
 UNIT = _real(0, 1)  # [0, 1]
 NON_NEGATIVE = _real(0)
 
@@ -160,8 +240,10 @@ FIELDS: dict[str, Check] = {
     "augment.crop_scale_min": UNIT,
     "augment.translate": _integer(0),
     "augment.hflip": _boolean,
+    "augment.randaugment": _randaugment,
     "augment.color_jitter": NON_NEGATIVE,
     "augment.noise_std": NON_NEGATIVE,
+    "augment.salt_pepper": UNIT,
     "augment.erase_prob": UNIT,
     "mixup_alpha": NON_NEGATIVE,
     "cutmix_alpha": NON_NEGATIVE,

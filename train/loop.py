@@ -259,13 +259,14 @@ def _check_task(cfg: Any, spec: Any, info: data_lib.DatasetInfo) -> None:
         "distill.alpha": cfg.distill.alpha,
         "augment.erase_prob": cfg.augment.erase_prob,
         "augment.translate": cfg.augment.get("translate", 0),
+        "augment.randaugment": cfg.augment.get("randaugment", ""),
     }
-    on = [f"config.{k}={v}" for k, v in unsupported.items() if v]
+    on = [f"config.{k}={v!r}" for k, v in unsupported.items() if v]
     if on:
         raise ConfigError(
-            f"segmentation training does not support {', '.join(on)}: set "
-            f"{'them' if len(on) > 1 else 'it'} to 0 (the crop, flip, colour jitter and noise "
-            "augmentations do apply)"
+            f"segmentation training does not support {', '.join(on)}: switch "
+            f"{'them' if len(on) > 1 else 'it'} off (the crop, flip, colour jitter and "
+            "noise augmentations do apply)"
         )
 
 

@@ -38,14 +38,19 @@ def get_config() -> ConfigDict:
     c.batch_size = 128  # global, over all devices and processes
     c.eval_batch_size = 0  # 0: batch_size
     # Segmentation datasets (shapes): the crop and the flip move the masks with the images;
-    # erase_prob, mixup, cutmix, label smoothing and distillation are refused at start-up.
+    # erase_prob, translate, randaugment, mixup, cutmix, label smoothing and distillation are
+    # refused at start-up.
     c.augment = ConfigDict(
         {
             "crop_scale_min": 0.0,
             "translate": 0,  # pixels: zero-pad and random crop back (He et al.'s CIFAR: 4)
             "hflip": False,
+            # RandAugment, torchvision's ops: timm's "rand-m9-n2" (magnitude 9 of 10, 2 ops
+            # per image); "" is off (checks.parse_randaugment says what else is accepted).
+            "randaugment": "",
             "color_jitter": 0.0,
             "noise_std": 0.0,
+            "salt_pepper": 0.0,  # probability of a pixel turned white or black
             "erase_prob": 0.0,
         }
     )
