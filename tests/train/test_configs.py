@@ -92,3 +92,45 @@ def test_warmup_is_given_in_steps_or_in_epochs_not_both():
     cfg.optim.warmup_steps = 100
     with pytest.raises(checks.ConfigError, match="warmup_steps=100 and .*warmup_epochs=5.0"):
         checks.validate_config(cfg)
+
+
+def test_imagenet_convnext_tiny_is_liu_et_al_recipe(data_dir, tmp_path):
+    cfg = load_config("imagenet_convnext_tiny")
+    checks.validate_config(cfg)
+    assert (cfg.model, cfg.dataset, cfg.image_size, cfg.batch_size, cfg.num_epochs) == (
+        "convnext_tiny",
+        "imagenet2012",
+        224,
+        4096,
+        300,
+    )
+    a = cfg.augment
+    assert (a.crop_scale_min, a.hflip, a.randaugment, a.erase_prob) == (
+        0.08,
+        True,
+        "rand-m9-n2",
+        0.25,
+    )
+    assert (cfg.mixup_alpha, cfg.cutmix_alpha, cfg.label_smoothing, cfg.ema_decay) == (
+        0.8,
+        1.0,
+        0.1,
+        0.9999,
+    )
+    assert cfg.model_kwargs["drop_path_rate"] == 0.1
+    o = cfg.optim
+    assert (o.optimizer, o.b1, o.b2, o.weight_decay) == ("adamw", 0.9, 0.999, 0.05)
+    # 4e-3 at a batch of 4096 (and 1e-3 at 1024); 20 warm-up epochs, then cosine to zero.
+    spe = 1_281_167 // 4096
+    r = optim.resolve(o, batch_size=4096, steps_per_epoch=spe)
+    assert (r.learning_rate, r.warmup_steps) == (4e-3, 20 * spe)
+    assert optim.resolve(o, batch_size=1024, steps_per_epoch=4 * spe).learning_rate == 1e-3
+    total = 300 * spe
+    sched = optim.build_schedule(r, total)
+    lrs = [float(sched(s)) for s in (0, 20 * spe, total)]
+    np.testing.assert_allclose(lrs, [0.0, 4e-3, 0.0], atol=1e-9)
+    assert _param_count(cfg.model, cfg.model_kwargs, 224) == 28_589_128  # timm's
+    # Two steps with every piece on: RandAugment, erasing, the Mixup/CutMix switch, label
+    # smoothing, drop path, EMA, AdamW.
+    out = _two_steps_on_digits(cfg, data_dir, tmp_path, {"depths": (1, 1, 1, 1)})
+    assert out["state"].ema_params is not None
