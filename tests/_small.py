@@ -29,7 +29,7 @@ SMALLEST = {
     "lenet": ("lenet5", {}),
     "mobilenet_v1": ("mobilenetv1_100", {"depth_multiplier": 0.1}),
     "mobilenet_v2": ("mobilenetv2_100", {"depth_multiplier": 0.1}),
-    "mobilenet_v3": ("mobilenet_v3_small", {}),
+    "mobilenet_v3": ("mobilenet_v3_small", {"depth_multiplier": 0.1}),
     "nin": ("nin", {}),
     "resnet": ("resnet18", {"stage_sizes": (1, 1, 1, 1)}),
     "resnet_cifar": ("resnet20", {"stage_sizes": (1, 1, 1)}),
