@@ -9,7 +9,6 @@ weights say so in their name (as timm's ``tf_`` prefix does).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import jax
@@ -79,17 +78,19 @@ def pool_output_size(
     """Output length of a torch pooling window along one axis (``ceil_mode`` included).
 
     With ``ceil_mode`` torch drops a last window that would start in the right
-    padding only, never one that starts inside the input or the left padding.
+    padding only, never one that starts inside the input or the left padding: so a window
+    larger than the padded input still gives one output if it starts there (ResNet-D's
+    2x2/2 average pool of a 1x1 map). No window at all raises ``ValueError``, as torch.
     """
     span = size + 2 * padding - dilation * (kernel - 1) - 1
-    if span < 0:
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    if out < 1:
         raise ValueError(
             f"pooling window (kernel {kernel}, dilation {dilation}) is larger than the "
             f"padded input ({size} + 2*{padding})"
         )
-    out = (math.ceil(span / stride) if ceil_mode else span // stride) + 1
-    if ceil_mode and (out - 1) * stride >= size + padding:
-        out -= 1
     return out
 
 

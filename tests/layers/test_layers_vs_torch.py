@@ -306,6 +306,8 @@ POOL_CASES = [
     (3, 1, 1, False, (9, 10)),
     (2, 2, 0, False, (7, 9)),
     ((3, 2), (2, 1), (1, 0), True, (10, 11)),
+    (2, 2, 0, True, (1, 3)),  # ResNet-D's shortcut pool of a 1-pixel map: the window hangs over
+    (3, 2, 0, True, (2, 5)),  # a window larger than the input still starts inside it
 ]
 
 
@@ -453,15 +455,22 @@ def test_dropout2d_drops_whole_channels():
 
 OUT_SIZE_CASES = [
     c
-    for c in itertools.product([7, 8, 13], [2, 3], [1, 2], [0, 1], [1, 2], [False, True])
+    for c in itertools.product([1, 2, 7, 8, 13], [2, 3], [1, 2], [0, 1], [1, 2], [False, True])
     if c[3] <= (c[4] * (c[1] - 1) + 1) // 2  # torch rejects larger padding
 ]
 
 
 @pytest.mark.parametrize(("size", "k", "s", "p", "d", "ceil"), OUT_SIZE_CASES)
 def test_pool_output_size_matches_torch(size, k, s, p, d, ceil):
-    ref = F.max_pool2d(torch.zeros(1, 1, size, size), k, s, p, d, ceil_mode=ceil).shape[-1]
-    assert layers.pool_output_size(size, k, s, p, d, ceil) == ref
+    """Torch's sizes, down to inputs smaller than the window (with ``ceil_mode`` one
+    output while a window starts inside the input), and a ValueError where torch has none."""
+    try:
+        ref = F.max_pool2d(torch.zeros(1, 1, size, size), k, s, p, d, ceil_mode=ceil).shape[-1]
+    except RuntimeError:
+        with pytest.raises(ValueError, match="larger than the padded input"):
+            layers.pool_output_size(size, k, s, p, d, ceil)
+    else:
+        assert layers.pool_output_size(size, k, s, p, d, ceil) == ref
 
 
 @pytest.mark.parametrize(("k", "s", "p", "ceil", "hw"), POOL_CASES[:6])
