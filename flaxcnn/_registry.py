@@ -59,7 +59,6 @@ class ModelSpec:
             in the family's canonical naming (the one its Flax names mirror).
         first_conv: torch name of the first conv (``in_chans`` is read from it), likewise.
         paper: the reference, for docs.
-        min_size: smallest input side the architecture accepts (tests use max(64, this)).
         verify_size: the odd, non-square ``(H, W)`` equivalence tests use besides
             ``input_size``; ``None``: verify's default (97x131). For where torch cannot run that.
         task: ``'classification'`` (logits ``(N, num_classes)``) or ``'segmentation'``
@@ -77,7 +76,6 @@ class ModelSpec:
     classifier: str | None = "fc"
     first_conv: str | None = "conv1"
     paper: str = ""
-    min_size: int = 32
     verify_size: tuple[int, int] | None = None
     task: str = "classification"
     torch_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -101,6 +99,12 @@ class ModelSpec:
         setattr_("torch_kwargs", MappingProxyType(dict(self.torch_kwargs)))
 
     @property
+    def min_size(self) -> int:
+        """The smallest input side the variant takes: its module's ``min_input_size``,
+        which the module checks on every call (tests run at max(64, this))."""
+        return self.build().min_input_size
+
+    @property
     def fields(self) -> tuple[str, ...]:
         """The constructor fields a user may override."""
         return tuple(
@@ -112,8 +116,7 @@ class ModelSpec:
         unknown = sorted(set(overrides) - set(self.fields))
         if unknown:
             raise TypeError(
-                f"{self.name}: unknown argument(s) {unknown}; "
-                f"{self.cls.__name__} accepts: {', '.join(self.fields)}"
+                f"{self.name}: unknown argument(s) {unknown}; it accepts: {', '.join(self.fields)}"
             )
         _check_common_fields(self, overrides)
         return self.cls(**{**self.config, **overrides})
@@ -167,7 +170,7 @@ def register_model(
         cls: the family's module class.
         config: the fields of ``cls`` that make this variant.
         family, sources, **metadata: the :class:`ModelSpec` fields (``input_size``,
-            ``classifier``, ``first_conv``, ``paper``, ``min_size``, ``verify_size``,
+            ``classifier``, ``first_conv``, ``paper``, ``verify_size``,
             ``task``, ``torch_kwargs``). ``sources`` maps library -> its name for this
             architecture; a plain list of libraries means each calls it ``name``.
 
@@ -324,15 +327,26 @@ def get_model_spec(name: str) -> ModelSpec:
 
 
 def spec_of_module(module: nn.Module) -> ModelSpec | None:
-    """The registered variant a module was built from (or is closest to): same class, the
-    most config fields equal (one class can serve several families: EfficientNet, the
-    MobileNets). ``None`` for an unregistered class."""
+    """The registered variant a module was built from (or is closest to): same class, and
+    a variant whose every config field the module shares first (the one that sets the
+    most: ``resnet50d``, not ``resnet50``), else the most config fields equal (one class can
+    serve several families: EfficientNet, the MobileNets). ``None`` for an unregistered
+    class."""
 
-    def matches(spec: ModelSpec) -> int:
-        return sum(getattr(module, k, None) == v for k, v in spec.config.items())
+    def matches(spec: ModelSpec) -> tuple[bool, int]:
+        same = sum(getattr(module, k, None) == v for k, v in spec.config.items())
+        return same == len(spec.config), same
 
     candidates = [s for s in _REGISTRY.values() if s.cls is type(module)]
     return max(candidates, key=matches, default=None)
+
+
+def model_name(module: nn.Module) -> str:
+    """What errors call ``module``: the registered variant it is or is closest to
+    (:func:`spec_of_module`), else its class. One class builds several families
+    (EfficientNet's builds the MobileNets), so the class name alone misleads."""
+    spec = spec_of_module(module)
+    return spec.name if spec is not None else type(module).__name__
 
 
 def default_input_shape(module: nn.Module, batch: int = 1) -> tuple[int, int, int, int]:

@@ -905,14 +905,11 @@ def load_pretrained(
     unknown = sorted(set(overrides) - set(spec.fields))
     if unknown:
         raise TypeError(
-            f"{base}: unknown argument(s) {unknown}; {spec.cls.__name__} accepts: {', '.join(spec.fields)}"
+            f"{base}: unknown argument(s) {unknown}; it accepts: {', '.join(spec.fields)}"
         )
     for field, value in (("num_classes", num_classes), ("in_chans", in_chans)):
         if value is not None and field not in spec.fields:
-            raise TypeError(
-                f"{base} has no {field} to adapt; {spec.cls.__name__} accepts: "
-                f"{', '.join(spec.fields)}"
-            )
+            raise TypeError(f"{base} has no {field} to adapt; it accepts: {', '.join(spec.fields)}")
     local = _local_path(base, pretrained)
     if name_tag and (local is not None or (isinstance(pretrained, str) and pretrained != name_tag)):
         raise ValueError(

@@ -58,6 +58,15 @@ def test_summary(capsys):
     assert "stage 1: 43x43 px (map 56x56, stride 4x4)" in out
 
 
+def test_summary_below_the_minimum_is_one_line(capsys):
+    code, out, err = run(capsys, "summary", "lenet5", "--size", "28", "28")
+    assert code == 2 and not out
+    assert err.strip().splitlines() == [
+        "flaxcnn: error: lenet5 needs inputs of at least 32x32 (got 28x28); pad the image, "
+        "or pass conv1_padding=2, which takes 28x28 digits"
+    ]
+
+
 def test_convert_checkpoint(tmp_path, capsys):
     t = build_torch_model("resnet18", "timm", num_classes=10)
     torch.save(t.state_dict(), tmp_path / "w.pth")

@@ -114,15 +114,15 @@ def test_register_rejects_unknown_metadata(scratch_registry):
 
 
 def test_variants_share_metadata(scratch_registry):
-    register = _registry.variants(_Tasked, family="test", sources=("timm",), min_size=48)
+    register = _registry.variants(_Tasked, family="test", sources=("timm",), paper="P")
     a = register("tasked_a", {"num_classes": 5})
-    b = register("tasked_b", min_size=16, sources={"torchvision": "tb"})
-    assert (a.spec.family, a.spec.min_size, dict(a.spec.sources)) == (
+    b = register("tasked_b", paper="Q", sources={"torchvision": "tb"})
+    assert (a.spec.family, a.spec.paper, dict(a.spec.sources)) == (
         "test",
-        48,
+        "P",
         {"timm": "tasked_a"},
     )
-    assert (b.spec.min_size, dict(b.spec.sources)) == (16, {"torchvision": "tb"})
+    assert (b.spec.paper, dict(b.spec.sources)) == ("Q", {"torchvision": "tb"})
     assert a().num_classes == 5 and b().num_classes == 10
     assert flaxcnn.list_models("tasked_*", family="test") == ["tasked_a", "tasked_b"]
 
@@ -356,9 +356,58 @@ def test_too_small_inputs_are_refused_clearly():
         jax.eval_shape(
             flaxcnn.create_model("lenet5").init, jax.random.key(0), jnp.zeros((1, 28, 28, 1))
         )
-    with pytest.raises(ValueError, match=r"at least 16x16, got 15x64"):
+    with pytest.raises(ValueError, match=r"at least 16x16 \(got 15x64\)"):
         jax.eval_shape(
             flaxcnn.create_model("vit_tiny_patch16_224").init,
             jax.random.key(0),
             jnp.zeros((1, 15, 64, 3)),
         )
+
+
+def test_aux_heads_raise_the_minimum_only_where_they_run():
+    """Inception v3's aux head needs 299 px and runs at init and in train mode; eval takes
+    75 px (torchvision's min_size), as torch's model does."""
+    import jax
+    import jax.numpy as jnp
+
+    model = flaxcnn.create_model("inception_v3", num_classes=3)
+    key = jax.random.key(0)
+    with pytest.raises(
+        ValueError,
+        match=r"^inception_v3 needs inputs of at least 299x299 \(got 298x299\) at init and in "
+        r"train mode, where its aux heads run; eval takes 75x75 \(aux_logits=False drops",
+    ):
+        model.init(key, jnp.zeros((1, 298, 299, 3)))
+    variables = jax.eval_shape(model.init, key, jnp.zeros((1, 299, 299, 3)))
+    assert jax.eval_shape(model.apply, variables, jnp.zeros((1, 75, 75, 3))).shape == (1, 3)
+    with pytest.raises(ValueError, match=r"at least 75x75 \(got 74x75\)") as eval_error:
+        jax.eval_shape(model.apply, variables, jnp.zeros((1, 74, 75, 3)))
+    assert "aux" not in str(eval_error.value)
+    with pytest.raises(ValueError, match=r"at least 299x299 \(got 298x299\) at init and in train"):
+        jax.eval_shape(
+            lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]),
+            variables,
+            jnp.zeros((1, 298, 299, 3)),
+        )
+
+
+def test_errors_name_the_model_not_the_class_that_builds_it():
+    """EfficientNet's class builds the MobileNets too: errors name the registered variant
+    (or the closest one, for a variant with a field changed)."""
+    import jax
+    import jax.numpy as jnp
+
+    model = flaxcnn.create_model("mobilenet_v3_small", num_classes=3)
+    nchw = jnp.zeros((1, 3, 32, 32))
+    with pytest.raises(ValueError, match=r"^mobilenet_v3_small expects NHWC input with 3 ch"):
+        model.init(jax.random.key(0), nchw)
+    with pytest.raises(ValueError, match=r"^mobilenet_v3_small needs inputs of at least 1x1"):
+        model.init(jax.random.key(0), jnp.zeros((1, 0, 8, 3)))
+    with pytest.raises(
+        TypeError, match=r"^mobilenet_v3_small: unknown argument\(s\) \['widht'\]"
+    ) as bad_field:
+        flaxcnn.create_model("mobilenet_v3_small", widht=2)
+    assert "EfficientNet" not in str(bad_field.value)
+    tweaked = flaxcnn.create_model("mobilenet_v3_small", drop_rate=0.0)  # a config field
+    with pytest.raises(ValueError, match=r"^mobilenet_v3_small expects NHWC"):
+        tweaked.init(jax.random.key(0), nchw)

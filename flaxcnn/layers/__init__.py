@@ -2,7 +2,7 @@
 
 from .activations import ACTIVATIONS, get_act, hard_sigmoid, hard_swish, relu, relu6
 from .basic_conv import BasicConv2d
-from .checks import check_image_input
+from .checks import check_image_input, smallest_side
 from .conv import Conv2d, DepthwiseConv2d, depthwise_conv2d_shift, kaiming_normal_fan_out
 from .conv_transpose import ConvTranspose2d, conv_transpose_output_size
 from .drop import Dropout, Dropout2d, DropPath
@@ -69,5 +69,6 @@ __all__ = [
     "pool_output_size",
     "relu",
     "relu6",
+    "smallest_side",
     "stage_info",
 ]

@@ -387,9 +387,15 @@ class EfficientNet(FeatureMixin, nn.Module):
                 taps.append((blocks[-1].out_chs, r, f"blocks.{i}"))
         return stage_info(*zip(*taps, strict=True))
 
+    @property
+    def min_input_size(self) -> int:
+        """1: every conv is padded (torch's k // 2 or TF's 'SAME'), so a 1x1 image
+        leaves 1x1 maps."""
+        return 1
+
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array | list[jax.Array]:
-        check_image_input(x, self.in_chans, type(self).__name__)
+        check_image_input(x, self)
         if self.padding not in ("", "same"):
             raise ValueError(f"padding must be '' (torch) or 'same' (TF), got {self.padding!r}")
         if self.head_type not in HEAD_TYPES:

@@ -34,6 +34,7 @@ from ..layers import (
     check_image_input,
     local_response_norm,
     max_pool2d,
+    smallest_side,
     stage_info,
 )
 
@@ -111,9 +112,18 @@ class AlexNet(FeatureMixin, nn.Module):
         taps.append((self.convs[-1][0], r, f"features.{idx - 1}"))
         return stage_info(*zip(*taps, strict=True))
 
+    @property
+    def min_input_size(self) -> int:
+        """The smallest side the conv rows and their 3x3/2 pools leave a pixel of (63 for
+        ``alexnet`` and ``zfnet``, 67 for ``alexnet_paper``'s unpadded first conv)."""
+        windows = []
+        for _, k, s, p, pool in self.convs:
+            windows += [(k, s, p), (3, 2, 0, self.ceil_mode)] if pool else [(k, s, p)]
+        return smallest_side(windows)
+
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array | list[jax.Array]:
-        check_image_input(x, self.in_chans, type(self).__name__)
+        check_image_input(x, self)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         idx = 0  # index in torchvision's `features` Sequential: conv, ReLU[, MaxPool]
         feats = []
@@ -144,9 +154,7 @@ _ALEXNET_PAPER = (
     "Krizhevsky, Sutskever & Hinton, ImageNet Classification with Deep Convolutional "
     "Neural Networks, NeurIPS 2012"
 )
-_register = variants(
-    AlexNet, family="alexnet", classifier="classifier.6", first_conv="features.0", min_size=63
-)
+_register = variants(AlexNet, family="alexnet", classifier="classifier.6", first_conv="features.0")
 
 AlexNetTV = _register(
     "alexnet",
@@ -159,7 +167,6 @@ AlexNetPaper = _register(
     {"convs": ALEXNET_PAPER, "lrn": True},
     input_size=(227, 227, 3),
     paper=_ALEXNET_PAPER,
-    min_size=67,
 )
 ZFNet = _register(
     "zfnet",

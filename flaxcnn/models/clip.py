@@ -346,9 +346,15 @@ class CLIP(nn.Module):
         n, r = input_shape[0], self.image_resolution
         return jnp.zeros((n, r, r, 3), jnp.float32), jnp.zeros((n, self.context_length), jnp.int32)
 
+    @property
+    def min_input_size(self) -> int:
+        """The image tower's ``image_resolution``: the only size it takes (see
+        :meth:`encode_image`)."""
+        return self.image_resolution
+
     def encode_image(self, images: jax.Array, *, train: bool = False) -> jax.Array:
         """``(N, R, R, 3)`` images -> ``(N, embed_dim)`` image embeddings (not normalised)."""
-        check_image_input(images, 3, "CLIP")
+        check_image_input(images, self, in_chans=3)
         r = self.image_resolution
         if images.shape[1:3] != (r, r):
             raise ValueError(
@@ -420,7 +426,6 @@ def _clip(name, openai, open_clip, embed, res, layers, width, patch, text_width,
         },
         sources={"openai": openai, "open_clip": open_clip},
         input_size=(res, res, 3),
-        min_size=res,
     )
 
 

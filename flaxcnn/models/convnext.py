@@ -29,6 +29,7 @@ from ..layers import (
     FeatureMixin,
     LayerNorm,
     check_image_input,
+    smallest_side,
     stage_info,
 )
 from ..layers.params import shaped_param
@@ -166,11 +167,17 @@ class ConvNeXt(FeatureMixin, nn.Module):
             self.dims, [4 * 2**i for i in range(n)], [f"stages.{i}" for i in range(n)]
         )
 
+    @property
+    def min_input_size(self) -> int:
+        """32 for four stages: the 4x4/4 patchify stem and each later stage's 2x2/2
+        downsampling conv, all unpadded."""
+        return smallest_side([(4, 4, 0)] + [(2, 2, 0)] * (len(self.depths) - 1))
+
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array | list[jax.Array]:
         if len(self.depths) != len(self.dims):
             raise ValueError(f"depths {self.depths} and dims {self.dims} must have the same length")
-        check_image_input(x, self.in_chans, type(self).__name__)
+        check_image_input(x, self)
         dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         conv = partial(Conv2d, kernel_init=_trunc_normal, depthwise_impl=self.depthwise_impl, **dt)
         dense = partial(nn.Dense, kernel_init=_trunc_normal, **dt)

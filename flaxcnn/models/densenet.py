@@ -32,6 +32,7 @@ from ..layers import (
     avg_pool2d,
     check_image_input,
     max_pool2d,
+    smallest_side,
     stage_info,
 )
 
@@ -201,9 +202,16 @@ class DenseNet(FeatureMixin, nn.Module):
             ["features.norm0", *mods, "features.norm5"],
         )
 
+    @property
+    def min_input_size(self) -> int:
+        """29 for the published four blocks: conv0 7x7/2 and pool0 3x3/2 (padded), then
+        each transition's 2x2/2 average pool needs two pixels."""
+        transitions = [(2, 2, 0)] * (len(self.block_config) - 1)
+        return smallest_side([(7, 2, 3), (3, 2, 1), *transitions])
+
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array | list[jax.Array]:
-        check_image_input(x, self.in_chans, type(self).__name__)
+        check_image_input(x, self)
         dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         # torchvision: nn.init.kaiming_normal_ (fan_in, untruncated normal); flax's kaiming_normal
         # is truncated.

@@ -57,6 +57,12 @@ class FCN(nn.Module):
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
+    @property
+    def min_input_size(self) -> int:
+        """Its ResNet backbone's; the heads' convs are padded and the maps are
+        resized to the input's size."""
+        return ResNet(stage_sizes=self.stage_sizes, parent=None).min_input_size
+
     def backbone_module(self) -> ResNet:
         """The feature extractor: ``layer3`` and ``layer4`` of a dilated ResNet."""
         return ResNet(
@@ -72,7 +78,7 @@ class FCN(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
-        check_image_input(x, self.in_chans, type(self).__name__)
+        check_image_input(x, self)
         if self.num_classes < 1:
             raise ValueError(f"FCN needs num_classes >= 1, got {self.num_classes}")
         conv = partial(Conv2d, dtype=self.dtype, param_dtype=self.param_dtype)

@@ -36,6 +36,7 @@ from ..layers import (
     check_image_input,
     local_response_norm,
     max_pool2d,
+    smallest_side,
     stage_info,
 )
 
@@ -100,6 +101,20 @@ class InceptionAux(nn.Module):
         x = nn.relu(nn.Dense(1024, name="fc1", **kw)(x))
         x = Dropout(self.drop_rate, name="dropout")(x, train=train)
         return nn.Dense(self.num_classes, name="fc2", **kw)(x)
+
+
+def _check_with_aux(model: nn.Module, x: jax.Array, aux_runs: bool) -> None:
+    """The input check of a model with aux heads (GoogLeNet, Inception v3), whose minimum
+    is ``model._min_side(aux_runs)``: where the heads raise it, the error says how to
+    avoid them."""
+    smallest, without = model._min_side(aux_runs), model._min_side(False)
+    hint = ""
+    if smallest > without:
+        hint = (
+            f" at init and in train mode, where its aux heads run; eval takes {without}x"
+            f"{without} (aux_logits=False drops the heads)"
+        )
+    check_image_input(x, model, min_size=smallest, hint=hint)
 
 
 # The BVLC GoogLeNet's LRN (Caffe divides alpha by the size, as torch does).
@@ -169,11 +184,31 @@ class GoogLeNet(FeatureMixin, nn.Module):
         chans = [64, 192] + [sum(INCEPTIONS[n][i] for i in (0, 2, 4, 5)) for n in names[2:]]
         return stage_info(chans, [2, 4, 8, 16, 32], names)
 
+    @property
+    def _aux(self) -> bool:
+        """Whether the aux heads are built (at init; computed in train mode)."""
+        return self.aux_logits and self.num_classes > 0 and not self.features_only
+
+    def _min_side(self, aux: bool) -> int:
+        # conv1 7x7/2 and the ceil-mode max pools: 3x3/2 after conv1, before inception3a and
+        # 4a, and 2x2/2 before 5a (the rest is padded).
+        to_4a = [(7, 2, 3), (3, 2, 0, True), (3, 2, 0, True), (3, 2, 0, True)]
+        side = smallest_side([*to_4a, (2, 2, 0, True)])
+        if aux and self.aux_paper_pool:  # the paper's 5x5/3 pool of inception4a's map
+            side = max(side, smallest_side([*to_4a, (5, 3, 0)]))
+        return side
+
+    @property
+    def min_input_size(self) -> int:
+        """15, or with the paper's aux pool 79 (its 5x5 window on the stride-16 map) at
+        init and in train mode, where the aux heads run; eval takes 15."""
+        return self._min_side(self._aux)
+
     @nn.compact
     def __call__(
         self, x: jax.Array, *, train: bool = False
     ) -> jax.Array | list[jax.Array] | tuple[jax.Array, jax.Array, jax.Array]:
-        check_image_input(x, self.in_chans, type(self).__name__)
+        _check_with_aux(self, x, self._aux and (train or self.is_initializing()))
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         conv = partial(
             BasicConv2d,
@@ -182,7 +217,7 @@ class GoogLeNet(FeatureMixin, nn.Module):
             bn_momentum=self.bn_momentum,
             **kw,
         )
-        aux = self.aux_logits and self.num_classes > 0 and not self.features_only
+        aux = self._aux
         if self.transform_input:
             x = transform_input(x)
         x = conv(64, 7, 2, padding=3, name="conv1")(x, train=train)
@@ -239,7 +274,6 @@ InceptionV1 = register_model(
     sources=("torchvision",),
     classifier="fc",
     first_conv="conv1.conv",
-    min_size=32,
     paper="Szegedy et al., Going Deeper with Convolutions, CVPR 2015",
 )
 GoogLeNetPaper = register_model(
@@ -255,6 +289,5 @@ GoogLeNetPaper = register_model(
     family="googlenet",
     classifier="fc",
     first_conv="conv1.conv",
-    min_size=79,  # the aux heads' 5x5 pool needs a 5x5 map after inception4a (stride 16)
     paper="Szegedy et al., Going Deeper with Convolutions, CVPR 2015 (Table 1, as published)",
 )

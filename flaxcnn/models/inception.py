@@ -28,12 +28,12 @@ from ..layers import (
     Dropout,
     FeatureMixin,
     avg_pool2d,
-    check_image_input,
     global_avg_pool,
     max_pool2d,
+    smallest_side,
     stage_info,
 )
-from .googlenet import transform_input
+from .googlenet import _check_with_aux, transform_input
 
 __all__ = [
     "Inception3",
@@ -210,14 +210,33 @@ class Inception3(FeatureMixin, nn.Module):
             ["Conv2d_2b_3x3", "Conv2d_4a_3x3", "Mixed_5d", "Mixed_6e", "Mixed_7c"],
         )
 
+    @property
+    def _aux(self) -> bool:
+        """Whether the aux head is built (at init; computed in train mode)."""
+        return self.aux_logits and self.num_classes > 0 and not self.features_only
+
+    def _min_side(self, aux: bool) -> int:
+        # The unpadded 3x3 convs and 3x3/2 pools: Conv2d_1a/2a, pool, 4a, pool, Mixed_6a's.
+        to_6e = [(3, 2, 0), (3, 1, 0), (3, 2, 0), (3, 1, 0), (3, 2, 0), (3, 2, 0)]
+        side = smallest_side([*to_6e, (3, 2, 0)])  # and Mixed_7a's
+        if aux:  # the aux head's 5x5/3 pool and 5x5 conv on Mixed_6e's map
+            side = max(side, smallest_side([*to_6e, (5, 3, 0), (5, 1, 0)]))
+        return side
+
+    @property
+    def min_input_size(self) -> int:
+        """75 (torchvision's ``min_size``), or with the aux head 299 at init and in train
+        mode, where it runs (torch's aux head needs 299 too); eval takes 75."""
+        return self._min_side(self._aux)
+
     @nn.compact
     def __call__(
         self, x: jax.Array, *, train: bool = False
     ) -> jax.Array | list[jax.Array] | tuple[jax.Array, jax.Array]:
-        check_image_input(x, self.in_chans, type(self).__name__)
+        _check_with_aux(self, x, self._aux and (train or self.is_initializing()))
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         c = partial(BasicConv2d, bn_eps=self.bn_eps, bn_momentum=self.bn_momentum, **kw)
-        aux = self.aux_logits and self.num_classes > 0 and not self.features_only
+        aux = self._aux
         if self.transform_input:
             x = transform_input(x)
         x = c(32, 3, 2, name="Conv2d_1a_3x3")(x, train=train)
@@ -268,9 +287,6 @@ InceptionV3 = register_model(
     input_size=(299, 299, 3),
     classifier="fc",
     first_conv="Conv2d_1a_3x3.conv",
-    # 75 suffices without the aux head (torchvision's min_size); the aux head's 5x5/3 pool
-    # and 5x5 valid conv need a 17x17 Mixed_6e map, i.e. 299 px, which torch needs too.
-    min_size=299,
     verify_size=(301, 317),
     paper="Szegedy et al., Rethinking the Inception Architecture for Computer Vision, CVPR 2016",
 )

@@ -21,7 +21,15 @@ import jax
 import jax.numpy as jnp
 
 from .._registry import register_model
-from ..layers import Conv2d, FeatureMixin, avg_pool2d, check_image_input, get_act, stage_info
+from ..layers import (
+    Conv2d,
+    FeatureMixin,
+    avg_pool2d,
+    check_image_input,
+    get_act,
+    smallest_side,
+    stage_info,
+)
 
 __all__ = ["LeNet"]
 
@@ -61,17 +69,18 @@ class LeNet(FeatureMixin, nn.Module):
             ["conv1", "conv2", "conv3" if conv else "pool2"],
         )
 
+    @property
+    def min_input_size(self) -> int:
+        """conv 5x5, pool 2, conv 5x5, pool 2 and the 5x5 C5 conv leave 1x1 from 32 - 2p
+        (``conv1_padding``); with ``c5='fc'`` the second pool's 1x1 from 16 - 2p."""
+        c5 = [(5, 1, 0)] if self.c5 == "conv" else []
+        return smallest_side([(5, 1, self.conv1_padding), (2, 2, 0), (5, 1, 0), (2, 2, 0), *c5])
+
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array | list[jax.Array]:
-        check_image_input(x, self.in_chans, type(self).__name__)
-        # conv 5x5, pool 2, conv 5x5, pool 2 (and the 5x5 C5 conv) leave 1x1 from 32 - 2p.
-        smallest = 32 - 2 * self.conv1_padding
-        if min(x.shape[1:3]) < smallest:
-            raise ValueError(
-                f"{type(self).__name__} needs inputs of at least {smallest}x{smallest} with "
-                f"conv1_padding={self.conv1_padding}, got {x.shape[1]}x{x.shape[2]} "
-                "(pad the image, or use conv1_padding=2 for 28x28 digits)"
-            )
+        small = self.c5 == "conv" and self.conv1_padding < 2
+        hint = "; pad the image, or pass conv1_padding=2, which takes 28x28 digits" if small else ""
+        check_image_input(x, self, hint=hint)
         if self.c5 not in ("conv", "fc"):
             raise ValueError(f"c5 must be 'conv' or 'fc', got {self.c5!r}")
         act = get_act(self.act)
@@ -107,7 +116,6 @@ LeNet5 = register_model(
     input_size=(32, 32, 1),
     classifier="fc2",
     first_conv="conv1",
-    min_size=32,
     paper="LeCun et al., Gradient-Based Learning Applied to Document Recognition, Proc. IEEE 1998",
 )
 LeNet5D2L = register_model(
@@ -118,6 +126,5 @@ LeNet5D2L = register_model(
     input_size=(28, 28, 1),
     classifier="fc3",
     first_conv="conv1",
-    min_size=28,
     paper="Zhang et al., Dive into Deep Learning, ch. 7.6 (LeNet)",
 )

@@ -17,7 +17,15 @@ import jax
 import jax.numpy as jnp
 
 from .._registry import register_model
-from ..layers import Conv2d, Dropout, FeatureMixin, check_image_input, max_pool2d, stage_info
+from ..layers import (
+    Conv2d,
+    Dropout,
+    FeatureMixin,
+    check_image_input,
+    max_pool2d,
+    smallest_side,
+    stage_info,
+)
 
 __all__ = ["MlpConv", "NiN"]
 
@@ -80,9 +88,15 @@ class NiN(FeatureMixin, nn.Module):
         mods = [f"block{i + 1}" for i in range(n)]
         return stage_info([*chans, chans[-1]], [*reds, r], [*mods, f"pool{n}"])
 
+    @property
+    def min_input_size(self) -> int:
+        """The smallest side each block's conv and 3x3/2 max pool leave a pixel of (67, as
+        AlexNet's paper layout)."""
+        return smallest_side(w for _, k, s, p in self.blocks for w in ((k, s, p), (3, 2, 0)))
+
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array | list[jax.Array]:
-        check_image_input(x, self.in_chans, type(self).__name__)
+        check_image_input(x, self)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         feats = []
         for i, (c, k, s, p) in enumerate(self.blocks):
@@ -104,6 +118,5 @@ NetworkInNetwork = register_model(
     family="nin",
     classifier=None,
     first_conv="block1.conv",
-    min_size=67,
     paper="Lin, Chen & Yan, Network In Network, ICLR 2014",
 )

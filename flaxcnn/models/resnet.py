@@ -304,6 +304,12 @@ class ResNet(FeatureMixin, nn.Module):
     def _stem_chs(self) -> int:
         return 2 * self.stem_width if self.stem_type == "deep" else self.stem_width
 
+    @property
+    def min_input_size(self) -> int:
+        """1: every conv and pool is padded (ResNet-D's ceil-mode 2x2/2 average pool
+        starts inside a 1-pixel map), so a 1x1 image leaves 1x1 maps, as in torch."""
+        return 1
+
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array | list[jax.Array]:
         if self.block not in BLOCKS:
@@ -323,7 +329,7 @@ class ResNet(FeatureMixin, nn.Module):
             raise ValueError(f"shortcut must be 'A', 'B' or None, got {self.shortcut!r}")
         if self.shortcut == "A" and self.avg_down:
             raise ValueError("avg_down is a projection shortcut: it needs shortcut='B'")
-        check_image_input(x, self.in_chans, type(self).__name__)
+        check_image_input(x, self)
         block_cls = BLOCKS[self.block]
         conv = partial(Conv2d, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
         norm = partial(

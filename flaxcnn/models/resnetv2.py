@@ -167,9 +167,14 @@ class ResNetV2(FeatureMixin, nn.Module):
             ["stem.conv"] + [f"stages.{i}" for i in range(n)],
         )
 
+    @property
+    def min_input_size(self) -> int:
+        """1: every conv and pool is padded, so a 1x1 image leaves 1x1 maps."""
+        return 1
+
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array | list[jax.Array]:
-        check_image_input(x, self.in_chans, type(self).__name__)
+        check_image_input(x, self)
         dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         conv = partial(Conv2d, use_bias=False, **dt)
         norm = partial(BatchNorm2d, eps=self.bn_eps, momentum=self.bn_momentum, **dt)

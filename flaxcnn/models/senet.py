@@ -39,6 +39,7 @@ from ..layers import (
     check_image_input,
     max_pool2d,
     relu,
+    smallest_side,
     stage_info,
 )
 
@@ -148,9 +149,16 @@ class SENet(FeatureMixin, nn.Module):
             ["layer0"] + [f"layer{i + 1}" for i in range(n)],
         )
 
+    @property
+    def min_input_size(self) -> int:
+        """3: the stem's stride-2 conv (padded), then the unpadded 3x3/2 ceil-mode
+        max pool, which needs two pixels; the stages' convs are padded."""
+        k = 3 if self.block == "senet" else 7
+        return smallest_side([(k, 2, k // 2), (3, 2, 0, True)])
+
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array | list[jax.Array]:
-        check_image_input(x, self.in_chans, type(self).__name__)
+        check_image_input(x, self)
         dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         conv = partial(Conv2d, use_bias=False, **dt)
         norm = partial(BatchNorm2d, eps=self.bn_eps, momentum=self.bn_momentum, **dt)

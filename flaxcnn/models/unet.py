@@ -19,6 +19,7 @@ named explicitly (``enc0/conv1``, ``up3``, ``dec3/conv2``, ``head``).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -141,9 +142,16 @@ class UNet(nn.Module):
             out.append(side)
         return tuple(out)
 
+    @property
+    def min_input_size(self) -> int:
+        """The smallest side the net takes (every pooling needs an even side): at depth 4,
+        16 padded, 188 unpadded (a 4x4 output). Larger sides must also be valid
+        (:meth:`output_size` names the nearest)."""
+        return next(n for n in itertools.count(1) if _output_side(n, self.depth, self.padded))
+
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        check_image_input(x, self.in_chans, type(self).__name__)
+        check_image_input(x, self)
         if self.upsample not in UPSAMPLE:
             raise ValueError(f"upsample must be one of {UPSAMPLE}, got {self.upsample!r}")
         self.output_size(*x.shape[1:3])  # a clear error for sizes the net cannot take
@@ -192,12 +200,10 @@ _register = variants(
 UNetOriginal = _register(
     "unet_original",
     input_size=(572, 572, 1),
-    min_size=188,  # the smallest side the depth-4 unpadded net accepts (-> 4x4 output)
 )
 # The common padded variant (output size = input size) with BatchNorm, on RGB images.
 UNetPadded = _register(
     "unet_padded",
     {"in_chans": 3, "padded": True, "use_bn": True},
     input_size=(256, 256, 3),
-    min_size=16,
 )

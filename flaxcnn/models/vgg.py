@@ -27,6 +27,7 @@ from ..layers import (
     adaptive_avg_pool2d,
     check_image_input,
     max_pool2d,
+    smallest_side,
     stage_info,
 )
 
@@ -89,9 +90,15 @@ class VGG(FeatureMixin, nn.Module):
         taps.append((ch, r, f"features.{idx - 1}"))
         return stage_info(*zip(*taps, strict=True))
 
+    @property
+    def min_input_size(self) -> int:
+        """``2**pools`` (32 for the published configs): each 2x2/2 max pool halves the map,
+        and the padded 3x3 convs keep it."""
+        return smallest_side((2, 2, 0) for v in self._layers() if v == "M")
+
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array | list[jax.Array]:
-        check_image_input(x, self.in_chans, type(self).__name__)
+        check_image_input(x, self)
         layers = self._layers()
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         norm = partial(BatchNorm2d, eps=self.bn_eps, momentum=self.bn_momentum, **kw)

@@ -180,6 +180,11 @@ class VisionTransformer(FeatureMixin, nn.Module):
             return jnp.max(patches, axis=1)
         return 0.5 * (jnp.mean(patches, axis=1) + jnp.max(patches, axis=1))
 
+    @property
+    def min_input_size(self) -> int:
+        """One patch; with ``dynamic_img_pad`` any size, padded up to one."""
+        return 1 if self.dynamic_img_pad else self.patch_size
+
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array | list[jax.Array]:
         if self.global_pool not in VIT_POOLS:
@@ -189,11 +194,9 @@ class VisionTransformer(FeatureMixin, nn.Module):
                 "global_pool='' returns the unpooled tokens and needs num_classes=0, "
                 f"got num_classes={self.num_classes}"
             )
-        check_image_input(x, self.in_chans, type(self).__name__)
+        check_image_input(x, self)
         n, h, w, _ = x.shape
         p = self.patch_size
-        if h < p or w < p:
-            raise ValueError(f"{type(self).__name__} needs inputs of at least {p}x{p}, got {h}x{w}")
         if self.dynamic_img_pad:
             x = jnp.pad(x, ((0, 0), (0, -h % p), (0, -w % p), (0, 0)))
         elif h % p or w % p:
@@ -310,7 +313,6 @@ def _vit(size: str, patch: int, img: int = 224, **config: Any) -> Any:
         f"vit_{size}_patch{patch}_{img}",
         {**shape, "img_size": img, **config},
         input_size=(img, img, 3),
-        min_size=patch,
         # timm's ViTs run only on multiples of the patch: a 7x11 patch grid (5x7 for /32)
         verify_size=(7 * patch, 11 * patch) if patch == 16 else (5 * patch, 7 * patch),
     )

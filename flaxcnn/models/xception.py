@@ -36,6 +36,7 @@ from ..layers import (
     FeatureMixin,
     check_image_input,
     max_pool2d,
+    smallest_side,
     stage_info,
 )
 
@@ -133,9 +134,15 @@ class Xception(FeatureMixin, nn.Module):
             ["act2", "block2.rep.0", "block3.rep.0", "block12.rep.0", "act4"],
         )
 
+    @property
+    def min_input_size(self) -> int:
+        """7: the stem's two unpadded 3x3 convs (the first stride 2); the blocks'
+        convs and max pools are padded."""
+        return smallest_side([(3, 2, 0), (3, 1, 0)])
+
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array | list[jax.Array]:
-        check_image_input(x, self.in_chans, type(self).__name__)
+        check_image_input(x, self)
         dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         conv = partial(Conv2d, use_bias=False, depthwise_impl=self.depthwise_impl, **dt)
         norm = partial(BatchNorm2d, eps=self.bn_eps, momentum=self.bn_momentum, **dt)
@@ -318,9 +325,14 @@ class XceptionAligned(FeatureMixin, nn.Module):
             [*chans, self.block_cfg[-1][0][-1]], [*reds, r], [*mods, f"blocks.{last}"]
         )
 
+    @property
+    def min_input_size(self) -> int:
+        """1: every conv is padded, so a 1x1 image leaves 1x1 maps."""
+        return 1
+
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array | list[jax.Array]:
-        check_image_input(x, self.in_chans, type(self).__name__)
+        check_image_input(x, self)
         dt = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         conv = partial(Conv2d, use_bias=False, depthwise_impl=self.depthwise_impl, **dt)
         norm = partial(BatchNorm2d, eps=self.bn_eps, momentum=self.bn_momentum, **dt)

@@ -5,10 +5,12 @@ Compiling dominates the suite's cost on CPU (DenseNet-121: init 29 s to trace an
 forward+backward 23 s), so the checks are tiered, and nothing a variant could break alone
 goes unchecked:
 
-* every model: NCHW input is refused; no submodule is auto-named; ``init`` traces (``jax.eval_shape``) to float32
-  ``params``/``batch_stats`` of the right structure; a ``num_classes`` override and bf16
-  compute give outputs of the right shape and dtype (traced); a classifier with
-  ``num_classes=0`` returns ``(N, features)``, the width its classifier reads;
+* every model: NCHW input is refused, and so is one pixel below the spec's ``min_size``
+  (both before any layer runs); no submodule is auto-named; ``init`` traces
+  (``jax.eval_shape``) to float32 ``params``/``batch_stats`` of the right structure; a
+  ``num_classes`` override and bf16 compute give outputs of the right shape and dtype
+  (traced); at exactly ``min_size`` the model traces with no map left empty, a classifier
+  with ``num_classes=0`` returning ``(N, features)``, the width its classifier reads;
 * every model with a torch source is also run by the equivalence suite
   (``tests/convert/test_equivalence.py``): eval and train mode against torch at two sizes,
   updated running statistics against torch's (so every statistic is updated), eval under
@@ -30,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.extend.core import ClosedJaxpr, Jaxpr
 
 import flaxcnn
 from flaxcnn._registry import _REGISTRY
@@ -71,6 +74,21 @@ def _main(out):
     return out[0] if isinstance(out, tuple) else out
 
 
+def _empty_maps(jaxpr) -> list[tuple[int, ...]]:
+    """Shapes of the intermediates (nested computations included) with a zero-sized axis:
+    a conv or pool that left no pixel, which a global pool would turn into NaN."""
+    empty = []
+    for eqn in jaxpr.eqns:
+        empty += [v.aval.shape for v in eqn.outvars if 0 in getattr(v.aval, "shape", ())]
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (list, tuple)) else (param,):
+                if isinstance(sub, ClosedJaxpr):
+                    empty += _empty_maps(sub.jaxpr)
+                elif isinstance(sub, Jaxpr):
+                    empty += _empty_maps(sub)
+    return empty
+
+
 def _finite(out):
     return all(np.isfinite(np.asarray(a, np.float32)).all() for a in jax.tree.leaves(out))
 
@@ -89,9 +107,14 @@ def test_model_contract(name):
     else:
         expected = (2, 7)
 
-    # Bad input: NCHW gets a clear error before any computation.
+    # Bad input: NCHW, or one pixel below the minimum, gets a clear error before any computation.
     with pytest.raises(ValueError, match="NCHW"):
         model.init(jax.random.key(0), jnp.zeros((1, c, side, side + 1)))
+    m = spec.min_size
+    with pytest.raises(
+        ValueError, match=rf"^{name} needs inputs of at least {m}x{m} \(got {m - 1}x{m}\)"
+    ):
+        model.init(jax.random.key(0), jnp.zeros((1, m - 1, m, c)))
 
     # Every submodule is named (after its torch module), none left to flax's ``Conv_0``.
     paths = set()
@@ -111,10 +134,14 @@ def test_model_contract(name):
     out16 = jax.eval_shape(model16.apply, abstract, x)
     assert _main(out16).shape == expected
     assert {a.dtype for a in jax.tree.leaves(out16)} == {jnp.dtype(jnp.bfloat16)}
+    # Exactly the minimum works: traced there, no map left empty on the way. A classifier
+    # with num_classes=0 (timm's reset_classifier(0)) returns the features its classifier reads.
+    xmin = jax.ShapeDtypeStruct((2, m, m, c), jnp.float32)
     if spec.task == "classification":
-        # num_classes=0 (timm's reset_classifier(0)): the features the classifier reads.
         model0 = flaxcnn.create_model(name, num_classes=0)
-        pooled = jax.eval_shape(lambda x: model0.init_with_output(jax.random.key(0), x)[0], x)
+        jaxpr, (pooled, _) = jax.make_jaxpr(model0.init_with_output, return_shape=True)(
+            jax.random.key(0), xmin
+        )
         head_inputs = {
             a.shape[-2]
             for a in jax.tree.leaves(abstract["params"])
@@ -122,6 +149,13 @@ def test_model_contract(name):
         }
         assert pooled.ndim == 2 and pooled.shape[0] == 2, pooled.shape
         assert pooled.shape[1] in head_inputs, (pooled.shape, head_inputs)
+    else:
+        jaxpr, (out_min, _) = jax.make_jaxpr(model.init_with_output, return_shape=True)(
+            jax.random.key(0), xmin
+        )
+        hw = model.output_size(m, m) if hasattr(model, "output_size") else (m, m)
+        assert _main(out_min).shape == (2, *hw, 7)
+    assert not _empty_maps(jaxpr.jaxpr), f"empty maps at {m}x{m}: {_empty_maps(jaxpr.jaxpr)[:3]}"
     if name not in FULL:
         return
     # The concrete checks test the family's code, at one block per stage (tests/_small.py):
@@ -201,8 +235,10 @@ def test_model_contract(name):
 def test_clip_contract(name):
     """CLIP's checks, traced (its two towers are run concretely, with their gradients, in
     tests/models/test_clip.py on tiny configurations and by the equivalence suite at full
-    size): NCHW images refused, every submodule named, float32 variables, and
-    ``(logits_per_image, logits_per_text)`` of the right shapes in float32 and bf16."""
+    size): NCHW images refused, and images a pixel smaller than the tower's resolution (its
+    minimum: the only size it takes), every submodule named, float32 variables, and
+    ``(logits_per_image, logits_per_text)`` of the right shapes in float32 and bf16, no map
+    left empty."""
     spec = flaxcnn.get_model_spec(name)
     model = flaxcnn.create_model(name)
     r = spec.input_size[0]
@@ -210,6 +246,11 @@ def test_clip_contract(name):
     tokens = jnp.zeros((3, tokens.shape[1]), jnp.int32)
     with pytest.raises(ValueError, match="NCHW"):
         jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((2, 3, r, r)), tokens)
+    assert spec.min_size == r
+    with pytest.raises(
+        ValueError, match=rf"^{name} needs inputs of at least {r}x{r} \(got {r}x{r - 1}\)"
+    ):
+        jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((2, r, r - 1, 3)), tokens)
     paths = set()
 
     def record(next_fun, args, kwargs, context):
@@ -223,8 +264,9 @@ def test_clip_contract(name):
     assert set(abstract) <= {"params", "batch_stats"}
     assert {a.dtype for a in jax.tree.leaves(abstract)} == {jnp.dtype("float32")}
     for dtype in (jnp.float32, jnp.bfloat16):
-        out = jax.eval_shape(
-            flaxcnn.create_model(name, dtype=dtype).apply, abstract, images, tokens
-        )
+        jaxpr, out = jax.make_jaxpr(
+            flaxcnn.create_model(name, dtype=dtype).apply, return_shape=True
+        )(abstract, images, tokens)
         assert [o.shape for o in out] == [(2, 3), (3, 2)]
         assert {o.dtype for o in out} == {jnp.dtype(dtype)}
+        assert not _empty_maps(jaxpr.jaxpr)
