@@ -14,6 +14,7 @@ Equal-to-rounding bounds are 1e-6 relative to ``max(1, max|ref|)``: both sides r
 linen code, so anything larger is a wiring error, not float32 noise.
 """
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -178,7 +179,7 @@ def test_modes_update_in_place_and_can_be_set_apart():
     dropout_only = fnnx.from_linen(no_drop, before)
     dropout_only.set_attributes(deterministic=False, use_running_average=True)
     _close(fwd(dropout_only, x), no_drop.apply(before, x))
-    jax.tree.map(np.testing.assert_array_equal, fnnx.to_linen(dropout_only), before)
+    chex.assert_trees_all_equal(fnnx.to_linen(dropout_only), before)
 
     model.train()
     assert not model.deterministic and not model.use_running_average
@@ -197,7 +198,6 @@ def test_features_only_returns_the_linen_feature_list():
 
 
 def test_round_trips_are_exact(tmp_path):
-    import chex
     import orbax.checkpoint as ocp
 
     linen, variables, _ = _tiny()

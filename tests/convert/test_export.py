@@ -1,9 +1,9 @@
 """Export back to PyTorch. The round trip of every (source, model) pair is proven by
 verify()'s export check in test_equivalence.py; these are the unit-level properties."""
 
+import chex
 import jax.numpy as jnp
 import pytest
-import torch
 
 from flaxcnn.convert import ConversionError, from_torch, to_torch
 from flaxcnn.convert.verify import build_torch_model
@@ -16,7 +16,7 @@ def test_export_reads_head_and_channels():
     _, v = from_torch("resnet18", t, source="timm")
     sd = to_torch("resnet18", v, source="timm")
     assert sd["fc.weight"].shape == (10, 512) and sd["conv1.weight"].shape == (64, 1, 7, 7)
-    assert all(torch.equal(sd[k], t.state_dict()[k]) for k in sd)
+    chex.assert_trees_all_equal(sd, dict(t.state_dict()), strict=True)  # every key, exactly
 
 
 def test_export_reports_what_does_not_fit():
