@@ -144,22 +144,9 @@ for ax, kind, title in zip(axes, ("plain", "resnet"), ("plain networks", "ResNet
     for depth, color in ((shallow, "tab:orange"), (deep, "tab:red")):
         rows = metrics[f"{kind}-{depth}"]
         ep = [r["epoch"] for r in rows]
-        ax.plot(
-            ep,
-            [100 * (1 - r["train_accuracy"]) for r in rows],
-            "-",
-            lw=0.9,
-            color=color,
-            label=f"{kind}-{depth} train",
-        )
-        ax.plot(
-            ep,
-            [100 * (1 - r["top1"]) for r in rows],
-            "-",
-            lw=2.2,
-            color=color,
-            label=f"{kind}-{depth} test",
-        )
+        for key, lw, part in (("train_accuracy", 0.9, "train"), ("top1", 2.2, "test")):
+            err = [100 * (1 - r[key]) for r in rows]
+            ax.plot(ep, err, "-", lw=lw, color=color, label=f"{kind}-{depth} {part}")
     ax.set(xlabel="epoch", title=title, ylim=(0, 100))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
