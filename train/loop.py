@@ -105,8 +105,7 @@ def setup(cfg: Any, *, devices: list | None = None) -> Setup:
     total = cfg.num_steps or cfg.num_epochs * steps_per_epoch
     step_cfg = _step_config(cfg, info, num_classes, _bn_groups(cfg, len(devices)))
     try:
-        optim_cfg = resolve(cfg.optim, batch_size=cfg.batch_size, steps_per_epoch=steps_per_epoch)
-        tx = build_optimizer(optim_cfg, total, head=_head_name(cfg.model))
+        tx = build_optimizer(_optim_config(cfg, steps_per_epoch), total, head=_head_name(cfg.model))
     except ValueError as e:
         raise ConfigError(f"config.optim: {e}") from None
     return Setup(
@@ -333,6 +332,11 @@ def _teacher(s: Setup):
     )
 
 
+def _optim_config(cfg: Any, steps_per_epoch: int) -> Any:
+    """``cfg.optim`` with the learning rate and warm-up made absolute for this run."""
+    return resolve(cfg.optim, batch_size=cfg.batch_size, steps_per_epoch=steps_per_epoch)
+
+
 def _null_tx():
     import optax
 
@@ -367,7 +371,9 @@ def _steps(s: Setup) -> tuple[Callable, Callable]:
         s.model,
         s.step_cfg,
         tuple(d.id for d in s.mesh.devices.flat),
-        json.dumps(s.cfg.optim.to_dict(), sort_keys=True, default=str),
+        # The optimizer as built: its learning rate and warm-up depend on the batch size
+        # and the epoch length too (lr_base_batch, warmup_epochs).
+        json.dumps(_optim_config(s.cfg, s.steps_per_epoch).to_dict(), sort_keys=True, default=str),
         s.total_steps,
         ema,
     )

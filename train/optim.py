@@ -28,15 +28,11 @@ __all__ = ["build_optimizer", "build_schedule", "decay_mask", "in_head", "resolv
 
 
 def resolve(cfg: Any, *, batch_size: int, steps_per_epoch: int) -> Any:
-    """``cfg`` (an ``optim`` config) with the run-dependent settings made absolute: a
+    """``cfg`` (an ``optim`` ``ConfigDict``) with the run-dependent settings made absolute: a
     ``learning_rate`` given per ``lr_base_batch`` examples scaled to ``batch_size``, and
     ``warmup_epochs`` converted to ``warmup_steps`` (rounded) of ``steps_per_epoch``. A copy;
     ``cfg`` is left alone."""
-    out = (
-        cfg.copy_and_resolve_references()
-        if hasattr(cfg, "copy_and_resolve_references")
-        else dict(cfg)
-    )
+    out = cfg.copy_and_resolve_references()
     base = int(out.get("lr_base_batch", 0) or 0)
     if base:
         out["learning_rate"] = out["learning_rate"] * batch_size / base

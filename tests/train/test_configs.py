@@ -134,3 +134,17 @@ def test_imagenet_convnext_tiny_is_liu_et_al_recipe(data_dir, tmp_path):
     # smoothing, drop path, EMA, AdamW.
     out = _two_steps_on_digits(cfg, data_dir, tmp_path, {"depths": (1, 1, 1, 1)})
     assert out["state"].ema_params is not None
+
+
+def test_a_rescaled_learning_rate_gets_its_own_step(tiny_config, tmp_path):
+    """The jitted steps are reused by a later run with the same settings; with
+    ``lr_base_batch`` the batch size changes the optimizer, so it must not reuse them."""
+    runs = []
+    for batch in (16, 32):
+        cfg = tiny_config(str(tmp_path / str(batch)), batch_size=batch)
+        cfg.optim.lr_base_batch = 256
+        runs.append(loop._steps(loop.setup(cfg))[0])  # building, not compiling
+    same = tiny_config(str(tmp_path / "same"), batch_size=32)
+    same.optim.lr_base_batch = 256
+    assert runs[0] is not runs[1]
+    assert loop._steps(loop.setup(same))[0] is runs[1]
