@@ -1,7 +1,8 @@
 """Model summary: the quantities the seed lectures compute by hand, computed from the model.
 
 Parameters (total and per top-level submodule), FLOPs from XLA's cost analysis of the
-forward pass, activation memory per image (the sum of every leaf layer's output, as the
+forward pass and the multiply-adds of its convolutions and matmuls (the papers' "mult-adds"),
+activation memory per image (the sum of every leaf layer's output, as the
 lectures' VGG-16 memory table counts it), and the receptive field of the last feature map
 (and of each stage, for models with ``features_only``), found by walking the jaxpr of the
 forward pass. Nothing is executed: shapes come from ``jax.eval_shape``, FLOPs from XLA's
@@ -27,6 +28,7 @@ from .layers import Dropout, Dropout2d, DropPath
 __all__ = [
     "ModelSummary",
     "ReceptiveField",
+    "count_macs",
     "layer_receptive_fields",
     "receptive_field",
     "receptive_fields",
@@ -49,6 +51,7 @@ class ModelSummary:
     params_by_module: dict[str, int]
     flops: float
     activation_bytes: int
+    macs: int
     layers: int
     receptive_field: ReceptiveField | None = None
     stage_receptive_fields: list[ReceptiveField] = dataclasses.field(default_factory=list)
@@ -58,6 +61,7 @@ class ModelSummary:
             f"{self.name}  input {self.input_shape}",
             f"  parameters        {self.params:,}",
             f"  FLOPs             {self.flops / 1e9:.3f} G  (XLA cost analysis; a multiply-add is 2)",
+            f"  mult-adds         {self.macs / 1e6:,.1f} M  (convolutions and matmuls only, as papers count)",
             f"  activations/image {self.activation_bytes / 2**20:.2f} MiB  (outputs of {self.layers} leaf layers, float32)",
             f"  receptive field   {self.receptive_field or 'n/a'}  (last feature map, H x W)",
         ]
@@ -112,6 +116,7 @@ def summary(
     ]
     act = sum(sum(int(np.prod(a.shape)) * 4 for a in jax.tree.leaves(flat[k])) for k in leaves)
 
+    macs = count_macs(module.apply, variables, x)
     lowered = jax.jit(module.apply).lower(variables, x)
     cost: Any = lowered.compile().cost_analysis() if compile else lowered.cost_analysis()
     if isinstance(cost, (list, tuple)):
@@ -128,10 +133,54 @@ def summary(
         params_by_module=by_module,
         flops=float((cost or {}).get("flops", float("nan"))),
         activation_bytes=act,
+        macs=macs,
         layers=len(leaves),
         receptive_field=receptive_field(module, (h, w), variables),
         stage_receptive_fields=stages,
     )
+
+
+def count_macs(fn, *args) -> int:
+    """Multiply-adds of the convolutions and matrix products in ``fn(*args)`` (arrays or
+    ShapeDtypeStructs), counted from its jaxpr: what papers report as "mult-adds" (MobileNet's
+    tables) and fvcore/ptflops as MACs. BatchNorm, activations, biases, pooling and
+    softmaxes are not counted; XLA's cost analysis (``summary().flops``) counts them too.
+
+    Traced on the portable kernels (:func:`flaxcnn.kernels`), where every convolution is one
+    ``conv_general_dilated``: on CPU a depthwise conv runs as shifted slices and a strided
+    conv's derivative as several convs, the same arithmetic written differently.
+    """
+    from .xla import kernels
+
+    with kernels("portable"):
+        closed = jax.make_jaxpr(fn)(*args)
+    return _jaxpr_macs(closed.jaxpr)
+
+
+def _jaxpr_macs(jaxpr) -> int:
+    total = 0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "conv_general_dilated":
+            lhs, rhs = (v.aval for v in eqn.invars)
+            out = eqn.outvars[0].aval
+            dn = eqn.params["dimension_numbers"]
+            rhs_spec = dn.rhs_spec  # (out features, in features, *spatial) positions
+            window = int(np.prod([rhs.shape[d] for d in rhs_spec[2:]]))
+            # Each output element sums over a window of the input features of its group.
+            total += int(np.prod(out.shape)) * window * rhs.shape[rhs_spec[1]]
+        elif name == "dot_general":
+            lhs, rhs = (v.aval for v in eqn.invars)
+            (lc, _), _ = eqn.params["dimension_numbers"]
+            contracted = int(np.prod([lhs.shape[d] for d in lc]))
+            total += int(np.prod(eqn.outvars[0].aval.shape)) * contracted
+        elif name == "scan":
+            total += eqn.params["length"] * _jaxpr_macs(eqn.params["jaxpr"].jaxpr)
+        elif name == "cond":  # the costliest branch
+            total += max(_jaxpr_macs(b.jaxpr) for b in eqn.params["branches"])
+        elif (sub := _sub_jaxpr(eqn)) is not None:
+            total += _jaxpr_macs(sub[0])
+    return total
 
 
 # ---------------------------------------------------------------------------------------

@@ -58,15 +58,16 @@ GRAD_PAIRS = {
     "xception": ("timm", "legacy_xception"),
     "googlenet": ("torchvision", "googlenet"),
     "alexnet": ("torchvision", "alexnet"),
+    "vit": ("timm", "vit_tiny_patch16_224"),  # LayerNorm, attention, GELU; at its 224x224
 }
 
 
 # Strided, 1x1 and 3x3 convs, BN, max pool and ReLU (ResNet-18: 17 s of one core, both
 # paths); the depthwise shift conv (MobileNetV1: 25 s); adaptive average pooling, overlapping
-# max pools and big linears (AlexNet). MobileNetV3-Small costs 99 s (its portable compile
-# alone 77 s), so its Hardsigmoid rule is tested on its own above; LayerNorm, resizing and
-# pooling in float64 are tested below.
-CORE_FAMILIES = {"resnet", "mobilenet_v1", "alexnet"}
+# max pools and big linears (AlexNet); LayerNorm, attention and GELU (ViT-Ti/16: 19 s).
+# MobileNetV3-Small costs 99 s (its portable compile alone 77 s), so its Hardsigmoid rule is
+# tested on its own above; resizing and pooling in float64 are tested below.
+CORE_FAMILIES = {"resnet", "mobilenet_v1", "alexnet", "vit"}
 
 
 def _grad_pairs() -> list[tuple[str, str, str]]:
@@ -80,6 +81,8 @@ def _grad_pairs() -> list[tuple[str, str, str]]:
 
 @pytest.mark.parametrize(("family", "source", "name"), _grad_pairs())
 def test_training_step_equals_torch_in_float64(family, source, name):
+    if family == "clip":  # verify refuses it: two towers and a contrastive loss, no check yet
+        pytest.skip("CLIP is not covered by verify(grad=True) yet (two towers, own loss)")
     if family not in CORE_FAMILIES and os.environ.get("FLAXCNN_GRAD_FAMILIES") != "all":
         pytest.skip("outside the CI budget: FLAXCNN_GRAD_FAMILIES=all runs it")
     failures = []
