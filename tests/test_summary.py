@@ -1,4 +1,5 @@
-"""Receptive fields from the jaxpr, against the lectures' hand calculations and brute force.
+"""Receptive fields from the jaxpr, against the lectures' hand calculations and brute force;
+multiply-adds against hand counts and the MobileNet paper's tables.
 
 Everything here traces (``jax.make_jaxpr``/``eval_shape``) except the brute-force check,
 which differentiates a tiny net on a 64x64 image.
@@ -12,10 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import flaxcnn
 from flaxcnn.layers import Conv2d, DepthwiseConv2d, SqueezeExcite, avg_pool2d, max_pool2d
 from flaxcnn.models import ResNet18
 from flaxcnn.summary import (
     ReceptiveField,
+    count_macs,
     layer_receptive_fields,
     receptive_field,
     receptive_fields,
@@ -154,3 +157,46 @@ def test_published_values(name, size):
     published (Araujo, Norris & Sim, Computing Receptive Fields of Convolutional Neural
     Networks, Distill 2019)."""
     assert receptive_field(name).size == (size, size)
+
+
+def test_macs_by_hand():
+    """A strided, padded 3x3 conv, a grouped 1x1 conv, a depthwise 3x3 conv and a linear
+    layer: output elements times the inputs each one sums (per group); no bias, no pooling."""
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = Conv2d(8, 3, stride=2, padding=1)(x)  # 9x13x8 outputs, 3*3*3 taps
+            x = Conv2d(16, 1, groups=4)(x)  # 9x13x16, 2 inputs per output
+            x = DepthwiseConv2d(3, padding=1)(x)  # 9x13x16, 9 taps
+            return nn.Dense(10)(x.mean((1, 2)))  # 16 inputs per output
+
+    x = jnp.zeros((2, 17, 25, 3))
+    v = jax.eval_shape(Net().init, jax.random.key(0), x)
+    want = 2 * (9 * 13 * 8 * 27 + 9 * 13 * 16 * 2 + 9 * 13 * 16 * 9 + 10 * 16)
+    for mode in ("auto", "portable"):  # counted on one path, whichever is in force
+        with flaxcnn.kernels(mode):
+            assert count_macs(Net().apply, v, x) == want
+
+
+# Howard et al. 2017, table 6 (width multiplier, 224x224) and table 7 (resolution, width 1.0):
+# millions of mult-adds and of parameters, as printed (149 and 290 are 149.5 and 290.7 cut).
+MOBILENET_TABLES = [
+    ("mobilenetv1_100", 224, 569, 4.2),
+    ("mobilenetv1_075", 224, 325, 2.6),
+    ("mobilenetv1_050", 224, 149, 1.3),
+    ("mobilenetv1_025", 224, 41, 0.5),
+    ("mobilenetv1_100", 192, 418, 4.2),
+    ("mobilenetv1_100", 160, 290, 4.2),
+    ("mobilenetv1_100", 128, 186, 4.2),
+]
+
+
+@pytest.mark.parametrize(("name", "size", "mmacs", "mparams"), MOBILENET_TABLES)
+def test_mobilenet_multipliers_cost_what_the_paper_says(name, size, mmacs, mparams):
+    module = flaxcnn.create_model(name)
+    x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    v = jax.eval_shape(module.init, jax.random.key(0), x)
+    assert count_macs(module.apply, v, x) / 1e6 == pytest.approx(mmacs, abs=1.0)
+    params = sum(a.size for a in jax.tree.leaves(v["params"]))
+    assert params / 1e6 == pytest.approx(mparams, abs=0.05)

@@ -74,15 +74,17 @@ def test_conv2d(k, s, p, d, g, hw, kernel_mode):
         (4, 4, 0, 1, (11, 13)),  # a patchify stem
         (5, 3, 2, 1, (11, 10)),
         (3, 2, 1, 4, (9, 9)),
+        (3, 1, 1, 8, (7, 9)),  # one group per channel pair: the grouped loop, unrolled 8
         (3, 2, "same", 1, (9, 14)),
         (5, 2, "same", 1, (10, 7)),
     ],
 )
 def test_conv2d_gradients(k, s, p, g, hw, kernel_mode):
     """Input and weight gradients equal torch's, strided and not, at every padding kind.
-    On CPU convs have their own rule (``flaxcnn.layers.conv._cpu_conv_ad``: a strided
+    On CPU convs have their own rule (``flaxcnn.xla.conv._cpu_conv_ad``: a strided
     conv's input tangent is a sum of stride-1 convs, a 1x1 conv's weight tangent a
-    matmul); forward mode agrees with reverse mode in both arguments."""
+    matmul; grouped ones ``_grouped_conv_ad``: a loop over the groups forward, those rules
+    per group in the derivatives); forward mode agrees with reverse mode in both arguments."""
     tconv = torch.nn.Conv2d(8, 16, k, s, 0 if p == "same" else p, groups=g, bias=True)
     x = RNG.standard_normal((2, *hw, 8), dtype=np.float32)
     xt = nchw(x).requires_grad_(True)
