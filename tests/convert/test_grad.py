@@ -9,9 +9,9 @@ One pair per family, on both kernel paths in one test (torch's side is computed 
 both), at small odd sizes; ``python -m flaxcnn.convert verify --grad all`` runs every pair.
 A float64 backward pass compiles in 5-80 s of CPU per path and pair, so by default the suite
 runs the families of :data:`CORE_FAMILIES`, which between them have every hand-written
-derivative rule (about 1 minute of one core; the float64 layer tests cover the layers whose
-precision follows the dtype); ``FLAXCNN_GRAD_FAMILIES=all`` runs every family (well over 10
-minutes).
+derivative rule (about 3 minutes of one core; the float64 layer tests cover the layers whose
+precision follows the dtype); ``FLAXCNN_GRAD_FAMILIES=all`` runs every family (19 minutes of
+one core).
 """
 
 import os
@@ -64,10 +64,13 @@ GRAD_PAIRS = {
 
 # Strided, 1x1 and 3x3 convs, BN, max pool and ReLU (ResNet-18: 17 s of one core, both
 # paths); the depthwise shift conv (MobileNetV1: 25 s); adaptive average pooling, overlapping
-# max pools and big linears (AlexNet); LayerNorm, attention and GELU (ViT-Ti/16: 19 s).
-# MobileNetV3-Small costs 99 s (its portable compile alone 77 s), so its Hardsigmoid rule is
-# tested on its own above; resizing and pooling in float64 are tested below.
-CORE_FAMILIES = {"resnet", "mobilenet_v1", "alexnet", "vit"}
+# max pools and big linears (AlexNet); LayerNorm, attention and GELU (ViT-Ti/16: 19 s);
+# ReLU6 and inverted residuals (MobileNetV2: 24 s); TF 'SAME' padding, SiLU and
+# squeeze-excitation (EfficientNetV2-B0: 36 s). MobileNetV3-Small costs 99 s (its portable
+# compile alone 77 s), so its Hardsigmoid rule is tested on its own above; resizing and
+# pooling in float64 are tested below. The other families (1,120 s of test time for all,
+# measured 2026-12-07) run with FLAXCNN_GRAD_FAMILIES=all.
+CORE_FAMILIES = {"resnet", "mobilenet_v1", "alexnet", "vit", "mobilenet_v2", "efficientnet_v2"}
 
 
 def _grad_pairs() -> list[tuple[str, str, str]]:
