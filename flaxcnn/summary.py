@@ -89,9 +89,11 @@ def summary(
 ) -> ModelSummary:
     """Summarise a registered model (by name) or a module, for one image of ``input_size`` (H, W).
 
-    FLOPs come from XLA's cost analysis of the compiled forward pass; ``compile=False``
-    analyses the lowered (unoptimised) computation instead, which takes a fraction of the
-    time and counts the same convolutions and matmuls.
+    FLOPs come from XLA's cost analysis of the compiled forward pass, as the portable kernels
+    write it (every convolution one ``conv_general_dilated``; on CPU a grouped conv is a
+    loop over its groups, whose body XLA would count once); ``compile=False`` analyses the
+    lowered (unoptimised) computation instead, which takes a fraction of the time and
+    counts the same convolutions and matmuls.
     """
     name = model if isinstance(model, str) else type(model).__name__
     module, x = _module_and_input(model, input_size)
@@ -117,7 +119,12 @@ def summary(
     act = sum(sum(int(np.prod(a.shape)) * 4 for a in jax.tree.leaves(flat[k])) for k in leaves)
 
     macs = count_macs(module.apply, variables, x)
-    lowered = jax.jit(module.apply).lower(variables, x)
+    # The portable kernels write every convolution as one: XLA's cost analysis counts a
+    # loop's body once, and on CPU grouped convs loop over their groups.
+    from .xla import kernels
+
+    with kernels("portable"):
+        lowered = jax.jit(module.apply).lower(variables, x)
     cost: Any = lowered.compile().cost_analysis() if compile else lowered.cost_analysis()
     if isinstance(cost, (list, tuple)):
         cost = cost[0] if cost else {}

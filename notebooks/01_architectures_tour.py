@@ -45,8 +45,11 @@ KEY = jax.random.key(0)
 
 
 def xla_flops(fn, *args):
-    """FLOPs of ``fn(*args)`` by XLA's cost analysis of the lowered computation (no compile)."""
-    return jax.jit(fn).lower(*args).cost_analysis()["flops"]
+    """FLOPs of ``fn(*args)`` by XLA's cost analysis of the lowered computation (no compile),
+    on the portable kernels: every convolution one op (on CPU a grouped convolution is a
+    loop over its groups, and XLA counts a loop's body once)."""
+    with flaxcnn.kernels("portable"):
+        return jax.jit(fn).lower(*args).cost_analysis()["flops"]
 
 
 def abstract(shape):
