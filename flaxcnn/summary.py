@@ -454,7 +454,12 @@ def _field(by_sid, glob) -> ReceptiveField:
 
 
 def _trace(fn, x, *args) -> tuple[list[ReceptiveField | None], list[ReceptiveField]]:
-    closed = jax.make_jaxpr(fn)(x, *args)
+    from .xla import kernels
+
+    # The portable form: every convolution one op (on CPU a grouped conv is a loop over
+    # its groups, stacked along a new axis, which the walk does not follow).
+    with kernels("portable"):
+        closed = jax.make_jaxpr(fn)(x, *args)
     one, zero = Fraction(1), Fraction(0)
     x_info = _Sp(((1, 0, one, one, zero), (2, 1, one, one, zero)))
     rest = [None] * (len(closed.jaxpr.invars) - 1)  # the arguments after x: weights

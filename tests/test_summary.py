@@ -152,11 +152,14 @@ def test_brute_force_support_of_the_input_gradient():
     assert r1 - r0 == f.stride[0] == 4
 
 
-@pytest.mark.parametrize("name,size", [("lenet5", 32), ("nin", 195), ("resnet50", 427)])
+@pytest.mark.parametrize(
+    "name,size", [("lenet5", 32), ("nin", 195), ("resnet50", 427), ("resnext50_32x4d", 427)]
+)
 def test_published_values(name, size):
     """LeNet-5's C5 sees the whole 32x32 digit; NiN 195 as AlexNet; ResNet-50 427 as
     published (Araujo, Norris & Sim, Computing Receptive Fields of Convolutional Neural
-    Networks, Distill 2019)."""
+    Networks, Distill 2019); ResNeXt-50's is ResNet-50's (on CPU its grouped convs are
+    loops over the groups, which the walk reads in their portable form)."""
     assert receptive_field(name).size == (size, size)
 
 
