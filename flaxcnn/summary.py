@@ -24,6 +24,7 @@ from jax.extend import core as jex
 
 from ._registry import get_model_spec
 from .layers import Dropout, Dropout2d, DropPath
+from .xla import kernels
 
 __all__ = [
     "ModelSummary",
@@ -121,8 +122,6 @@ def summary(
     macs = count_macs(module.apply, variables, x)
     # The portable kernels write every convolution as one: XLA's cost analysis counts a
     # loop's body once, and on CPU grouped convs loop over their groups.
-    from .xla import kernels
-
     with kernels("portable"):
         lowered = jax.jit(module.apply).lower(variables, x)
     cost: Any = lowered.compile().cost_analysis() if compile else lowered.cost_analysis()
@@ -157,8 +156,6 @@ def count_macs(fn, *args) -> int:
     ``conv_general_dilated``: on CPU a depthwise conv runs as shifted slices and a strided
     conv's derivative as several convs, the same arithmetic written differently.
     """
-    from .xla import kernels
-
     with kernels("portable"):
         closed = jax.make_jaxpr(fn)(*args)
     return _jaxpr_macs(closed.jaxpr)
@@ -169,10 +166,8 @@ def _jaxpr_macs(jaxpr) -> int:
     for eqn in jaxpr.eqns:
         name = eqn.primitive.name
         if name == "conv_general_dilated":
-            lhs, rhs = (v.aval for v in eqn.invars)
-            out = eqn.outvars[0].aval
-            dn = eqn.params["dimension_numbers"]
-            rhs_spec = dn.rhs_spec  # (out features, in features, *spatial) positions
+            rhs, out = eqn.invars[1].aval, eqn.outvars[0].aval
+            rhs_spec = eqn.params["dimension_numbers"].rhs_spec  # (out, in, *spatial) axes
             window = int(np.prod([rhs.shape[d] for d in rhs_spec[2:]]))
             # Each output element sums over a window of the input features of its group.
             total += int(np.prod(out.shape)) * window * rhs.shape[rhs_spec[1]]
@@ -454,8 +449,6 @@ def _field(by_sid, glob) -> ReceptiveField:
 
 
 def _trace(fn, x, *args) -> tuple[list[ReceptiveField | None], list[ReceptiveField]]:
-    from .xla import kernels
-
     # The portable form: every convolution one op (on CPU a grouped conv is a loop over
     # its groups, stacked along a new axis, which the walk does not follow).
     with kernels("portable"):

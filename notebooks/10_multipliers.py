@@ -66,10 +66,10 @@ WIDTHS = {1.0: "mobilenetv1_100", 0.75: "mobilenetv1_075", 0.5: "mobilenetv1_050
 SIZES = (224, 192, 160, 128)
 
 
-def cost(name, size):
+def cost(name, size, in_chans=3, **kwargs):
     """(millions of mult-adds, millions of parameters) for one image of size x size."""
-    module = flaxcnn.create_model(name)
-    x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    module = flaxcnn.create_model(name, in_chans=in_chans, **kwargs)
+    x = jax.ShapeDtypeStruct((1, size, size, in_chans), jnp.float32)
     v = jax.eval_shape(module.init, jax.random.key(0), x)
     return count_macs(module.apply, v, x) / 1e6, sum(
         a.size for a in jax.tree.leaves(v["params"])
@@ -129,12 +129,10 @@ for size in TRAIN_SIZES:
     cfg.data_dir, cfg.workdir, cfg.progress = DATA_DIR, os.path.join(ROOT, f"s{size}"), False
     t0 = time.perf_counter()
     out = train(cfg)
-    module = flaxcnn.create_model(MODEL, num_classes=10, in_chans=1, **MODEL_KWARGS)  # as trained
-    x = jax.ShapeDtypeStruct((1, size, size, 1), jnp.float32)
-    macs = count_macs(module.apply, jax.eval_shape(module.init, jax.random.key(0), x), x)
-    results[size] = (macs / 1e6, out["top1"])
+    mmacs, _ = cost(MODEL, size, in_chans=1, num_classes=10, **MODEL_KWARGS)  # as trained
+    results[size] = (mmacs, out["top1"])
     print(
-        f"{size:3d} px: {macs / 1e6:7.2f} M mult-adds, test top-1 {out['top1']:.1%} "
+        f"{size:3d} px: {mmacs:7.2f} M mult-adds, test top-1 {out['top1']:.1%} "
         f"({time.perf_counter() - t0:.0f} s)"
     )
 
